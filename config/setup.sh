@@ -153,6 +153,16 @@ stop_started_on_failure() {
   done
 }
 
+# Ctrl-C (SIGINT) or a SIGTERM during `up`: bash runs the EXIT trap on such a signal, but with the last command's
+# status (0), so the parts started so far ran on, as after any failure before. Exiting with the signal's status (130,
+# 143: 128 + its number) from here runs that trap with it, which stops them. A second Ctrl-C during those stops ends
+# the script there (the processes already sent SIGTERM still stop; a later `down` finds any pid file left).
+stop_started_on_signal() {
+  local status=$1 signal=$2
+  printf '\nkeyedge setup: %s during start-up\n' "$signal" >&2
+  exit "$status"
+}
+
 start_keyserver() {
   # The demo key: the first `up` makes it inside the token; later ones reuse it.
   if ! "${KEYEDGE[@]}" key list --config config/keyserver.json --json | grep -q '"label": "demo-ec"'; then
@@ -205,6 +215,8 @@ exited() {
 
 up() {
   trap stop_started_on_failure EXIT
+  trap 'stop_started_on_signal 130 SIGINT' INT
+  trap 'stop_started_on_signal 143 SIGTERM' TERM
   # curl: the readiness check below, and the commands printed at the end.
   deps curl
   mkdir -p "$RUN" "$VAR/log"
@@ -225,7 +237,7 @@ up() {
   done
   [[ -n $ok ]] || { tail -n 20 "$VAR/log/proxy.log" >&2; die "the proxy does not answer on 127.0.0.1:8443 (log: $VAR/log/proxy.log)"; }
   running demo-origin || exited demo-origin
-  trap - EXIT
+  trap - EXIT INT TERM
   cat <<EOF
 
 keyedge is up (embedded default: SoftHSM2 token under ./var, demo origin on 127.0.0.1:8080).

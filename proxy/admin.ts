@@ -103,7 +103,9 @@ export function startProxyAdmin(host: string, port: number, sources: AdminSource
     const method = req.method ?? '';
     const allowed = allowedMethods(path, sources);
     if (CHANGES.has(method)) {
-      if (control === undefined) return notAllowed(res, allowed);
+      // Without a control API no change exists (404, or 405 naming a read's methods): counted all the same, or 1,800 of
+      // them in one write were all answered, whatever MAX_ANSWERS says.
+      if (control === undefined) return connections.answering(req, res) ? notAllowed(res, allowed) : undefined;
       const denied = authorisationFailure(req, control.tokenFile);
       if (denied !== undefined) {
         // Counted toward MAX_ANSWERS, but not held: its connection stays one a newcomer at the cap may close.

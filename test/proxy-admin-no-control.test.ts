@@ -10,8 +10,11 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { ProxyConfig } from '../config/proxy-schema.js';
+import { MAX_ANSWERS } from '../keyserver/shared/admin-connections.js';
 import { startProxyAdmin } from '../proxy/admin.js';
+import { sleep } from './helpers/basics.js';
 import { continueExchange } from './helpers/continue.js';
+import { pipelineUnread, stillOpen } from './helpers/pipelined.js';
 import type { ReloadReport } from '../proxy/serving/coordinator.js';
 
 let server: http.Server;
@@ -70,6 +73,26 @@ describe('admin API without a control API', () => {
       socket.destroy();
     }
   });
+
+  it('changes pipelined by the thousand and never read are closed past MAX_ANSWERS, as reads and refused changes are', async () => {
+    // A change on a listener with no control API was answered 404/405 before its connection was marked answering: it
+    // counted toward no cap, so 1,800 POST /reload (or POST /config) in one write were all answered, not the connection
+    // closed past MAX_ANSWERS (the keep-alive timeout closes it later either way: the answers are what tell).
+    for (const path of ['/reload', '/config']) {
+      const [socket] = pipelineUnread(port, `POST ${path} HTTP/1.1\r\nHost: admin\r\nContent-Length: 0\r\n\r\n`, 1_800, 1);
+      try {
+        await sleep(1_000);
+        let received = '';
+        socket!.on('data', (d: Buffer) => {
+          received += d.toString('latin1');
+        });
+        expect(await stillOpen([socket!], 20_000), path).toBe(0);
+        expect(received.split('HTTP/1.1 ').length - 1, path).toBeLessThanOrEqual(MAX_ANSWERS);
+      } finally {
+        socket!.destroy();
+      }
+    }
+  }, 60_000);
 
   it('a read with Expect: 100-continue gets its answer without 100 Continue', async () => {
     const { answer } = await continueExchange(

@@ -513,3 +513,62 @@ describe('a responder down for longer than the warning interval', () => {
     }
   });
 });
+
+describe('one responder down for many certificates', () => {
+  it('is warned about once with how many certificates it serves, not once per certificate; its recovery said once', async () => {
+    // Each certificate's stapling starting to fail was its own warning: 1,000 certificates on one responder were 1,000
+    // warning lines in each worker at start, all saying the same thing.
+    // 100, not 1,000: the answer covering them all is parsed whole for each (its size grows with them).
+    const count = 100;
+    const path = '/many-down';
+    const url = `http://127.0.0.1:${port}${path}`;
+    const leaves = await Promise.all(
+      Array.from({ length: count }, (_, i) =>
+        issue(ca, { commonName: `many-${i}.example`, dnsNames: [`many-${i}.example`], keyAlgorithm: 'ec-p256', ocspUrl: url }),
+      ),
+    );
+    const certificates = leaves.map((leaf, i) => ({ name: `many-${i}`, leaf: leaf.cert, chain: [leaf.cert, ca.cert] }) as unknown as ServedCertificate);
+    // One answer covering them all, for when the responder is back (openssl answers each certificate a request lists).
+    const { index } = writeResponderFiles(
+      dir,
+      ca,
+      leaves.map((leaf) => ({ leaf, status: 'good' as const })),
+    );
+    const leafFiles = leaves.map((leaf, i) => writePem(dir, `many-${i}`, leaf.certPem));
+    const request = join(dir, 'many-req.der');
+    const made = await run('openssl', ['ocsp', '-issuer', caFile, ...leafFiles.flatMap((f) => ['-cert', f]), '-no_nonce', '-reqout', request]);
+    expect(made.code, made.stderr).toBe(0);
+    const response = join(dir, 'many-resp.der');
+    await opensslRespond(index, { cert: caFile, key: writeIssued(dir, 'many-ca', ca).key }, request, response, 1);
+    answers.delete(path);
+    const ofResponder = (): Record<string, unknown>[] => lines.filter((l) => l.responder === url);
+    const failed = (): number => ofResponder().filter((l) => /^OCSP fetch failed/.test(String(l.msg))).length;
+    const until = async (what: string, done: () => boolean): Promise<void> => {
+      for (const started = Date.now(); Date.now() - started < 60_000 && !done(); ) await sleep(50);
+      expect(done(), what).toBe(true);
+    };
+    const stapler = new OcspStapler(log, { refreshIn: () => 60_000, retryMs: [100] });
+    try {
+      for (const certificate of certificates) stapler.track(certificate);
+      // Every certificate failed, most more than once.
+      await until('every certificate failed twice', () => failed() >= 2 * count);
+      const warnings = ofResponder().filter((l) => Number(l.level) >= 40);
+      expect(warnings).toHaveLength(1);
+      expect(warnings[0]).toMatchObject({
+        msg: 'OCSP fetch failed; serving without a fresh staple',
+        certificates: count,
+        reason: 'responder answered HTTP 404',
+      });
+      // The responder back: each certificate stapled, the recovery said once for the responder, not once per certificate.
+      answers.set(path, readFileSync(response));
+      await until('every certificate stapled', () => certificates.every((c) => stapler.stapleOf(c) !== undefined));
+      const recovered = ofResponder().filter((l) => Number(l.level) >= 30 && l.msg !== 'OCSP fetch failed; serving without a fresh staple');
+      expect(recovered.filter((l) => String(l.msg).startsWith('OCSP responder answering again'))).toHaveLength(1);
+      expect(recovered.filter((l) => String(l.msg).startsWith('OCSP responder answering again'))[0]).toMatchObject({ failed: count });
+      // The certificate the warning named is told recovered by name; the rest only at debug level.
+      expect(recovered.filter((l) => l.msg === 'OCSP staple fetched again after failures')).toHaveLength(1);
+    } finally {
+      stapler.stop();
+    }
+  }, 180_000);
+});

@@ -1,6 +1,6 @@
-import { execFile, execFileSync } from 'node:child_process';
+import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
@@ -61,31 +61,50 @@ describe('config/setup.sh: ensure_node_modules', () => {
  * request for https://demo.localhost:8443/ sent to `front` (a port-0 server
  * playing the proxy's TLS front) instead. Runs `steps` (bash) in `root`.
  */
-function runSetup(root: string, fake: string, front: number, steps: string): Promise<{ status: number; stdout: string; stderr: string }> {
+function runSetup(
+  root: string,
+  fake: string,
+  front: number,
+  steps: string,
+  spawned?: (child: ChildProcess) => void,
+): Promise<{ status: number; signal: string | null; stdout: string; stderr: string }> {
   writeFileSync(join(root, 'fake-keyedge.sh'), fake);
+  mkdirSync(join(root, 'bin'), { recursive: true });
+  // The real curl (bin/ taken off PATH), its request for https://demo.localhost:8443/ sent to `front`.
+  const curl = [
+    '#!/usr/bin/env bash',
+    'args=() skip=0',
+    'for arg in "$@"; do',
+    '  if ((skip)); then skip=0; continue; fi',
+    `  case $arg in --cacert | --resolve) skip=1 ;; https://demo.localhost:8443/) args+=("http://127.0.0.1:${front}/") ;; *) args+=("$arg") ;; esac`,
+    'done',
+    // biome-ignore lint/suspicious/noTemplateCurlyInString: bash expansions, not a template
+    'PATH=${PATH#*:} exec curl "${args[@]}"',
+  ];
+  writeFileSync(join(root, 'bin', 'curl'), `${curl.join('\n')}\n`, { mode: 0o755 });
   const harness = `
     cd "$1"; FRONT=$2
     eval "$(sed '/^case "\${1:-}" in/,$d; s|^ROOT=.*|ROOT=$PWD|' "$0")"
     set +e
     deps() { :; }; start_keyserver() { :; }; make_demo_certificate() { :; }; make_admin_token() { :; }
     KEYEDGE=(bash "$1/fake-keyedge.sh")
-    curl() {
-      local args=() skip=0 arg
-      for arg in "$@"; do
-        if ((skip)); then skip=0; continue; fi
-        case $arg in
-          --cacert | --resolve) skip=1 ;;
-          https://demo.localhost:8443/) args+=("http://127.0.0.1:$FRONT/") ;;
-          *) args+=("$arg") ;;
-        esac
-      done
-      command curl "\${args[@]}"
-    }
+    # curl: bin/curl, a command, not a function: a function's redirections (up's 2>/dev/null) are in force in the shell
+    # when a trap runs after it, where the real curl's are not.
+    PATH="$PWD/bin:$PATH"
     ${steps}`;
   return new Promise((resolve) => {
-    execFile('bash', ['-c', harness, SETUP, root, String(front)], { encoding: 'utf8', timeout: 60_000 }, (err, stdout, stderr) => {
-      resolve({ status: err === null ? 0 : typeof err.code === 'number' ? err.code : -1, stdout, stderr });
+    // detached: its own process group, which a terminal's Ctrl-C signals as a whole (execFile has no such option).
+    const child = spawn('bash', ['-c', harness, SETUP, root, String(front)], { detached: true, stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.setEncoding('utf8').on('data', (chunk: string) => (stdout += chunk));
+    child.stderr.setEncoding('utf8').on('data', (chunk: string) => (stderr += chunk));
+    const timer = setTimeout(() => child.kill('SIGKILL'), 60_000);
+    child.on('close', (code, signal) => {
+      clearTimeout(timer);
+      resolve({ status: code ?? -1, signal, stdout, stderr });
     });
+    spawned?.(child);
   });
 }
 
@@ -149,6 +168,59 @@ describe('config/setup.sh: up and down', () => {
       removeDir(root);
     }
   }, 90_000);
+
+  for (const [signal, status, group] of [
+    ['SIGINT', 130, true],
+    ['SIGTERM', 143, false],
+  ] as const) {
+    it(`up stopped by ${signal} (${group ? "a terminal's Ctrl-C" : 'kill'}) stops what it had started and exits ${status}`, async () => {
+      // bash ran the EXIT trap on the signal with the last command's status, 0, so the clean-up of a failed `up`
+      // thought it had succeeded: the key server, demo origin and proxy it had started ran on after the Ctrl-C.
+      const root = tempDir('keyedge-setup-signal-');
+      // A front that takes the request and never answers: up waits on it (curl --max-time 5 a time) until signalled.
+      const server = http.createServer(() => {});
+      await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+      try {
+        // Each says it is ready once its TERM trap is set: a signal before that ended it without writing to order.
+        const fake = `trap "echo $1 >>'$PWD/order'; exit 0" TERM; echo $1 >>"$PWD/ready"; while :; do sleep 0.05; done`;
+        // biome-ignore lint/suspicious/noTemplateCurlyInString: bash expansions, not a template
+        const steps = 'start_keyserver() { start_background keyserver "${KEYEDGE[@]}" keyserver; }; up; echo "up said $?"';
+        const result = await runSetup(root, fake, (server.address() as AddressInfo).port, steps, (child) => {
+          const ready = join(root, 'ready');
+          const poll = setInterval(() => {
+            if (!existsSync(ready) || readFileSync(ready, 'utf8').split('\n').length < 4) return;
+            clearInterval(poll);
+            // Ctrl-C signals the terminal's foreground process group: the script and whatever it is waiting on (the
+            // background parts ignore SIGINT, as a non-interactive shell's & jobs do). kill signals the script alone.
+            process.kill(group ? -child.pid! : child.pid!, signal);
+          }, 50);
+          child.on('exit', () => clearInterval(poll));
+        });
+        expect(result.signal, result.stderr).toBe(null);
+        expect(result.status, result.stderr).toBe(status);
+        expect(result.stdout).not.toContain('up said');
+        expect(result.stdout).not.toContain('keyedge is up');
+        expect(result.stderr).toContain(`keyedge setup: ${signal} during start-up`);
+        expect(result.stdout).toMatch(
+          /keyedge setup: stopping what this start had started\nkeyedge setup: stopped proxy \(pid \d+\)\nkeyedge setup: stopped demo-origin \(pid \d+\)\nkeyedge setup: stopped keyserver \(pid \d+\)\n$/,
+        );
+        expect(readFileSync(join(root, 'order'), 'utf8')).toBe('proxy\ndemo-origin\nkeyserver\n');
+        expect(readdirSync(join(root, 'var', 'run'))).toEqual([]);
+      } finally {
+        // Before the fix, what the interrupted `up` left running.
+        for (const name of ['proxy', 'demo-origin', 'keyserver']) {
+          try {
+            process.kill(Number(readFileSync(join(root, 'var', 'run', `${name}.pid`), 'utf8')), 'SIGKILL');
+          } catch {
+            // Not there, or stopped.
+          }
+        }
+        server.closeAllConnections();
+        server.close();
+        removeDir(root);
+      }
+    }, 90_000);
+  }
 
   it('down says so when nothing is running (never up, or down twice), and names a process that had ended by itself', async () => {
     const root = tempDir('keyedge-setup-down-');

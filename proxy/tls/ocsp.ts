@@ -95,6 +95,8 @@ interface Loop {
    * name, then removing the old). The loop and its staple end with the last of them, not with the first removed.
    */
   readonly names: Set<string>;
+  /** Its responder's URL. */
+  readonly url: string;
 }
 
 interface Staple {
@@ -140,8 +142,15 @@ function sameCertId(a: CertID, b: CertID): boolean {
   );
 }
 
+/**
+ * A signed answer that says something of this certificate alone (not covered, status unknown, revoked, older than one
+ * taken): the responder is up and answering. Any other failure (no connection, a timeout, an HTTP error, an answer
+ * unreadable, unsigned or "tryLater") is the responder's, and fails every certificate it serves alike.
+ */
+export class OcspCertificateError extends Error {}
+
 /** A response for this certificate that says it is revoked (RFC 6960 §2.2), as of `thisUpdate`. */
-export class OcspRevokedError extends Error {
+export class OcspRevokedError extends OcspCertificateError {
   constructor(readonly thisUpdate: Date) {
     super('the certificate is revoked');
   }
@@ -180,11 +189,11 @@ export function checkOcspAnswer(der: Buffer, certId: CertID, now = new Date(), n
   const basic = AsnConvert.parse(response.responseBytes.response.buffer, BasicOCSPResponse);
   // The whole CertID must match (RFC 6960 §4.1.1): a serial alone could be another CA's certificate.
   const single = basic.tbsResponseData.responses.find((r) => sameCertId(r.certID, certId));
-  if (single === undefined) throw new Error('the response does not cover this certificate');
+  if (single === undefined) throw new OcspCertificateError('the response does not cover this certificate');
   if (newest !== undefined && single.thisUpdate.getTime() < newest.getTime())
-    throw new Error(`the response (thisUpdate ${single.thisUpdate.toISOString()}) is older than one already taken`);
+    throw new OcspCertificateError(`the response (thisUpdate ${single.thisUpdate.toISOString()}) is older than one already taken`);
   if (single.certStatus.revoked !== undefined) throw new OcspRevokedError(single.thisUpdate);
-  if (single.certStatus.good === undefined) throw new Error('certificate status unknown');
+  if (single.certStatus.good === undefined) throw new OcspCertificateError('certificate status unknown');
   const thisUpdate = single.thisUpdate.getTime();
   if (thisUpdate > now.getTime() + 5 * 60_000) throw new Error('thisUpdate is in the future');
   if (single.nextUpdate !== undefined && single.nextUpdate.getTime() < thisUpdate) throw new Error('nextUpdate is before thisUpdate');
@@ -213,6 +222,13 @@ export class OcspStapler {
   readonly #stopped = new AbortController();
   /** By responder origin: fetches running, and the ones waiting for a turn, first come first served. */
   readonly #responders = new Map<string, { running: number; readonly waiting: (() => void)[] }>();
+  /** By responder URL: the leaves tracked on it (their cache keys), for the count its warnings give. */
+  readonly #served = new Map<string, Set<string>>();
+  /**
+   * By responder URL, while its fetches fail: since when, its last warning, and the leaves that have failed on it. One
+   * responder down made a first warning per certificate in each worker: 1,000 certificates, 1,000 lines per worker.
+   */
+  readonly #outages = new Map<string, { readonly since: number; warned: number; readonly failed: Set<string> }>();
 
   /** `timing` for tests only. */
   constructor(log: Logger, timing: StaplerTiming = TIMING) {
@@ -248,7 +264,10 @@ export class OcspStapler {
     const { der: request, certId } = buildOcspRequest(certificate.leaf, issuer);
     // A copy of the issuer's bytes, so the loop holds nothing of the certificate object (see #loop).
     const signer = new NodeCertificate(Buffer.from(issuer.rawData));
-    this.#loop(key, { timer: undefined, name: certificate.name, names: new Set([certificate.name]) }, url, request, certId, signer);
+    let served = this.#served.get(url);
+    if (served === undefined) this.#served.set(url, (served = new Set()));
+    served.add(key);
+    this.#loop(key, { timer: undefined, name: certificate.name, names: new Set([certificate.name]), url }, url, request, certId, signer);
   }
 
   /**
@@ -263,8 +282,11 @@ export class OcspStapler {
     this.#loops.set(key, loop);
     const current = (): boolean => this.#loops.get(key) === loop;
     let failures = 0;
-    /** While fetches fail: since when, and when the last warning about it was logged. */
-    let failing: { readonly since: number; warned: number; revoked: boolean } | undefined;
+    /**
+     * While fetches fail: since when, and when the last warning naming this certificate was logged (none while its
+     * failures were only its responder's, told once for all the responder's certificates: #responderFailed).
+     */
+    let failing: { readonly since: number; warned: number | undefined; revoked: boolean } | undefined;
     /** The thisUpdate of the newest answer taken for this leaf, "good" or "revoked": an older one is refused. */
     let newest: Date | undefined;
     const refresh = async (): Promise<void> => {
@@ -280,21 +302,24 @@ export class OcspStapler {
           // The issuer's own word that the certificate is revoked withdraws the "good" answer cached before: it is
           // superseded, and stapling it on would tell clients "good" for days after the CA said otherwise. A revoked
           // certificate is stapled nothing, as one that was never "good". Only once signed: anyone may say "revoked".
+          // A word on this certificate alone is the responder's only once signed: until then, anyone's.
+          if (err instanceof OcspCertificateError) checkOcspSigner(der, issuer);
           if (err instanceof OcspRevokedError) {
-            checkOcspSigner(der, issuer);
             newest = err.thisUpdate;
             if (current()) this.#staples.delete(key);
           }
           throw err;
         }
         checkOcspSigner(der, issuer);
+        this.#responderAnswered(url);
         const { nextUpdate, until } = answer;
         newest = answer.thisUpdate;
         // Untracked (or tracked anew) while the fetch ran: this answer is nobody's.
         if (!current()) return;
         this.#staples.set(key, { der, until });
         if (failing !== undefined) {
-          this.#log.info(
+          // At info level for a certificate warned about by name; the rest of an outage's are told by its end.
+          this.#log[failing.warned === undefined ? 'debug' : 'info'](
             { certificate: loop.name, responder: url, failures, failingForMs: Date.now() - failing.since },
             'OCSP staple fetched again after failures',
           );
@@ -313,18 +338,60 @@ export class OcspStapler {
         const now = Date.now();
         const revoked = err instanceof OcspRevokedError;
         const fields = { certificate: loop.name, responder: url, retryInMs: delay, failures, reason: (err as Error).message };
-        // Said when stapling starts failing, then at most once per warnAgainMs while it goes on; a revocation (the CA's
-        // signed word, not an outage) when first seen. The failures between are for debugging.
-        if (failing === undefined || (revoked && !failing.revoked) || now - failing.warned >= (this.#timing.warnAgainMs ?? WARN_AGAIN_MS)) {
-          failing ??= { since: now, warned: now, revoked: false };
-          failing.warned = now;
-          failing.revoked ||= revoked;
-          this.#log.warn({ ...fields, failingForMs: now - failing.since }, 'OCSP fetch failed; serving without a fresh staple');
-        } else this.#log.debug(fields, 'OCSP fetch failed again');
+        failing ??= { since: now, warned: undefined, revoked: false };
+        if (!(err instanceof OcspCertificateError)) {
+          // The responder's failure, the same for each certificate it serves: told once for them all, not once each.
+          if (this.#responderFailed(url, key, fields, now)) failing.warned = now;
+        } else {
+          this.#responderAnswered(url);
+          // Said when stapling starts failing, then at most once per warnAgainMs while it goes on; a revocation (the
+          // CA's signed word, not an outage) when first seen. The failures between are for debugging.
+          const again = this.#timing.warnAgainMs ?? WARN_AGAIN_MS;
+          if (failing.warned === undefined || (revoked && !failing.revoked) || now - failing.warned >= again) {
+            failing.warned = now;
+            failing.revoked ||= revoked;
+            this.#log.warn({ ...fields, failingForMs: now - failing.since }, 'OCSP fetch failed; serving without a fresh staple');
+          } else this.#log.debug(fields, 'OCSP fetch failed again');
+        }
       }
       if (current()) loop.timer = setTimeout(() => void refresh(), delay).unref();
     };
     loop.timer = setTimeout(() => void refresh(), 0).unref();
+  }
+
+  /**
+   * A fetch from `url` failed for the responder's sake (`fields`: the certificate's). Warned when the responder starts
+   * failing, with how many tracked certificates it serves, then at most once per warnAgainMs while it goes on, naming
+   * how many have failed; the rest at debug level. True when this failure was warned, naming its certificate.
+   */
+  #responderFailed(url: string, key: string, fields: Record<string, unknown>, now: number): boolean {
+    const served = this.#served.get(url)?.size ?? 1;
+    let outage = this.#outages.get(url);
+    if (outage === undefined) {
+      outage = { since: now, warned: now, failed: new Set([key]) };
+      this.#outages.set(url, outage);
+      this.#log.warn({ ...fields, certificates: served, failingForMs: 0 }, 'OCSP fetch failed; serving without a fresh staple');
+      return true;
+    }
+    outage.failed.add(key);
+    if (now - outage.warned >= (this.#timing.warnAgainMs ?? WARN_AGAIN_MS)) {
+      outage.warned = now;
+      this.#log.warn(
+        { ...fields, certificates: served, failed: outage.failed.size, failingForMs: now - outage.since },
+        'OCSP fetch failed; serving without a fresh staple',
+      );
+      return true;
+    }
+    this.#log.debug(fields, 'OCSP fetch failed again');
+    return false;
+  }
+
+  /** `url` gave a signed answer: an outage of it, if one was told, is over, and said so once. */
+  #responderAnswered(url: string): void {
+    const outage = this.#outages.get(url);
+    if (outage === undefined) return;
+    this.#outages.delete(url);
+    this.#log.info({ responder: url, failed: outage.failed.size, failingForMs: Date.now() - outage.since }, 'OCSP responder answering again');
   }
 
   /** Runs `fetch` once fewer than FETCHES_PER_RESPONDER fetches to `url`'s origin run. */
@@ -359,12 +426,22 @@ export class OcspStapler {
     clearTimeout(loop?.timer);
     this.#loops.delete(key);
     this.#staples.delete(key);
+    if (loop === undefined) return;
+    const served = this.#served.get(loop.url);
+    served?.delete(key);
+    this.#outages.get(loop.url)?.failed.delete(key);
+    if (served?.size === 0) {
+      this.#served.delete(loop.url);
+      this.#outages.delete(loop.url);
+    }
   }
 
   stop(): void {
     this.#stopped.abort();
     for (const loop of this.#loops.values()) clearTimeout(loop.timer);
     this.#loops.clear();
+    this.#served.clear();
+    this.#outages.clear();
   }
 }
 
