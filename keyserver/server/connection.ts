@@ -46,12 +46,6 @@
  * backlog, at most `maxInFlight`, holds up no other connection's signs. When
  * the socket closes, its signs still waiting are dropped (sign-workers.ts): a
  * client cannot queue work, leave, and repeat.
- *
- * A client that ends its side (a half-close: shutdown of its writes, still
- * reading) has cancelled nothing (SPEC.md, "End of stream"): the requests it
- * sent are answered, then our side ends. The listeners allow half-open sockets
- * for this (listeners.ts): Node otherwise ended ours at the client's FIN, and
- * every answer still to come, a queued sign's included, was dropped unsent.
  */
 import type { Socket } from 'node:net';
 import { ProtocolError } from '../shared/errors.js';
@@ -108,8 +102,6 @@ export class KeyserverConnection {
    * answered once the socket drains, a sign's deadline counted from its read (SPEC.md, "Deadlines"), not from then.
    */
   #held: { frame: Buffer; readAt: number }[] = [];
-  /** Set once the client has ended its side: nothing more comes, and ours ends once the last answer is sent. */
-  #ended = false;
   /** Aborted when the socket closes: signs of this connection not yet sent to a thread are dropped then. It also names the connection in the signs' turns (sign-queue.ts). */
   readonly #closed = new AbortController();
 
@@ -135,13 +127,6 @@ export class KeyserverConnection {
       // Not while the last held frame's answer backed the socket up again: every frame read then would be held, with
       // no pause to come (only an answer pauses), for as long as the client writes and reads nothing. The next drain resumes.
       if (this.#held.length === 0 && !socket.writableNeedDrain) socket.resume();
-    });
-    socket.on('end', () => {
-      this.#ended = true;
-      // A frame cut short by the end is lost, never answered (SPEC.md): no deadline to wait for.
-      clearTimeout(this.#deadline);
-      this.#deadline = undefined;
-      this.#endIfAnswered();
     });
     socket.on('close', () => {
       clearTimeout(this.#deadline);
@@ -241,15 +226,7 @@ export class KeyserverConnection {
       this.#send(response);
       if (this.#inFlight === 0) this.#settleIdle();
       this.#updateState();
-      this.#endIfAnswered();
     });
-  }
-
-  /** Ends our side once the client has ended its own and every request it sent is answered. */
-  #endIfAnswered(): void {
-    const socket = this.socket;
-    if (!this.#ended || this.#inFlight > 0 || this.#held.length > 0 || socket.destroyed || socket.writableEnded) return;
-    socket.end();
   }
 
   #onFatal(err: ProtocolError): void {
@@ -308,7 +285,6 @@ export class KeyserverConnection {
       this.#held = held.slice(next).concat(this.#held);
     }
     this.#updateState();
-    this.#endIfAnswered();
   }
 
   #settleIdle(): void {

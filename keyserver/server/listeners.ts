@@ -23,8 +23,7 @@ import { ConfigError, KeyedgeError } from '../shared/errors.js';
 
 export async function listenUnix(path: string, mode: number, onConnection: (socket: net.Socket) => void): Promise<net.Server> {
   await removeStaleSocket(path);
-  // Half-open: a client's half-close cancels nothing (connection.ts ends our side once its answers are out).
-  const server = net.createServer({ noDelay: true, allowHalfOpen: true }, onConnection);
+  const server = net.createServer({ noDelay: true }, onConnection);
   // Bound with its mode already (bind is synchronous for a path, and the umask is restored right after): bound with the
   // process's umask and chmodded once listening, it was 0777 meanwhile under umask 0, and a connection made then, by any
   // user the directory lets through, stayed open after the chmod. The chmod stays for a mode the umask cannot express.
@@ -72,8 +71,6 @@ export async function listenTls(
       // OpenSSL reads 0 as its default, 7200 s.
       secureOptions: constants.SSL_OP_NO_TICKET,
       noDelay: true,
-      // As listenUnix's: a client's half-close cancels nothing.
-      allowHalfOpen: true,
       handshakeTimeout: options.handshakeTimeoutMs,
     },
     onConnection,
