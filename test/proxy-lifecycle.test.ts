@@ -124,7 +124,7 @@ async function answered(proxy: ClusterProxy, path: string): Promise<string> {
   return client.head;
 }
 
-// Two chains side by side (describe.concurrent), one proxy at a time in each, of about the same length (some 75 s
+// Two chains side by side (describe.concurrent), one proxy at a time in each, of about the same length (some 80 s
 // each, measured; the fork-refusal case is in the second chain for that): most of these cases wait seconds on the
 // supervisor's own bounds and pauses (a silent worker's, a start's, the crash loop's) or on an answer the origin
 // holds. Every case has its own proxy, state and control directories; what they share (the lab's key server, the
@@ -132,12 +132,16 @@ async function answered(proxy: ClusterProxy, path: string): Promise<string> {
 describe.concurrent('a blocked worker, and signals while the primary drains', () => {
   describe.sequential('a worker whose event loop is blocked (SIGSTOP)', () => {
     const SILENT_MS = 10_000;
+    // Also the bound of the proxy's first two workers' starts (the setting is read once): at 10 s, at a load average of
+    // 16 both were killed as hung and the proxy stopped (3 starts in a row failed) before the case began.
+    const START_MS = 20_000;
     it('does not hold /metrics scrapes (each answers within its 2 s wait), and is killed and replaced while the other serves; a replacement that hangs in its start is killed after workerStartTimeoutMs and replaced after the crash-loop pause', async () => {
       // No store rescan within the test (one would give the stopped worker 30 s more while it waits for its apply).
       // Silence is judged at 10 s (30 s by default, 10 s the least allowed): two of the 5 s metrics polls, which the serving
-      // worker answers. A start is given 10 s (60 s by default): a healthy one takes a second or two on a loaded machine.
+      // worker answers. A start is given START_MS (60 s by default): a healthy one takes a second or two on a loaded
+      // machine, and more than 10 s at a load average of 16.
       const control = join(dir, 'hung');
-      const proxy = await startProxy('hung', control, { workerStartTimeoutMs: 10_000, workerSilentTimeoutMs: SILENT_MS }, 3600);
+      const proxy = await startProxy('hung', control, { workerStartTimeoutMs: START_MS, workerSilentTimeoutMs: SILENT_MS }, 3600);
       const [survivor, victim] = await waitFor('two workers listening', () =>
         workerPids(proxy).listening.length === 2 ? workerPids(proxy).listening : undefined,
       );
@@ -169,8 +173,8 @@ describe.concurrent('a blocked worker, and signals while the primary drains', ()
         await waitFor('it to be gone', () => (alive(victim!) ? undefined : true), 10_000);
         const hung = await waitFor(
           'the hung replacement killed',
-          () => proxy.lines.find((l) => l.msg === 'proxy worker did not become ready within 10000 ms; killing it'),
-          40_000,
+          () => proxy.lines.find((l) => l.msg === `proxy worker did not become ready within ${START_MS} ms; killing it`),
+          START_MS + 30_000,
         );
         rmSync(join(control, 'hang-worker'));
         const death = await waitFor('its death', () => proxy.lines.find((l) => l.msg === 'proxy worker died; starting a replacement' && l.pid === hung.pid));
