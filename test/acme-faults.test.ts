@@ -339,6 +339,8 @@ describe('a renewal while the key server is down', () => {
       await acmeLab.lab.startKeyserver();
     }
     // Back: the loop's next pass past the backoff renews it (the entry's ARI window still past), the failures cleared.
+    // Asked every 250 ms: each check is a GET /certs the primary answers, for the seconds the key server's start, the
+    // backoff and the order take.
     const renewed = await waitFor(
       'the loop to renew after the key server came back',
       async () => {
@@ -346,6 +348,7 @@ describe('a renewal while the key server is down', () => {
         return entry.serial !== before.serial && entry.acme.failures === 0 ? entry : undefined;
       },
       45_000,
+      250,
     );
     await stillServes(renewed.serial);
   }, 120_000);

@@ -27,6 +27,20 @@ async function leaf(host: string): Promise<Issued> {
   return issueForPublicKey(lab.ca, lab.keys.ec.spki, { commonName: host, dnsNames: [host] });
 }
 
+let bulk: Promise<Issued[]> | undefined;
+/**
+ * Leaves for s0.lab.test ... s{PACK_THRESHOLD + 7}.lab.test, made once for the file's two stores larger than a pack
+ * (each in a store and state directory of its own): some 270 certificates signed here are 3 s of CPU each time.
+ */
+function bulkLeaves(): Promise<Issued[]> {
+  bulk ??= (async () => {
+    const issued: Issued[] = [];
+    for (let i = 0; i < PACK_THRESHOLD + 8; i++) issued.push(await leaf(`s${i}.lab.test`));
+    return issued;
+  })();
+  return bulk;
+}
+
 /** A chain for a key the key server does not hold: refused at every pass ('key_unknown'). */
 async function keyless(host: string): Promise<Issued> {
   const spki = generateKeyPairSync('ec', { namedCurve: 'P-256' }).publicKey.export({ type: 'spki', format: 'der' });
@@ -44,16 +58,21 @@ function write(storeDir: string, entry: string, issued: Issued): void {
   writeFileSync(join(storeDir, `${entry}.pem`), `${issued.certPem}\n${lab.ca.certPem}`);
 }
 
-/** `keyedge proxy` on its own store and state directory, which outlive it (the next start with the same name finds them). */
-async function start(name: string): Promise<ClusterProxy> {
+/**
+ * `keyedge proxy` on its own store and state directory, which outlive it (the next start with the same name finds them).
+ * `workers`: 1 for a run that only serves and writes the log of last served versions for the next start (the primary
+ * keeps that log and computes the fallback, serving/source.ts and prepare.ts): a worker less to start, some 1 s of CPU.
+ * A start whose fallback is judged has two, so that `served` sees both workers serve the same version.
+ */
+async function start(name: string, workers = 2): Promise<ClusterProxy> {
   const proxy = await startClusterProxy(lab, name, (p) =>
-    storeProxyConfig(lab, p, { stateDir: join(lab.dir, name, 'state'), certStore: { dir: p.storeDir, rescanSeconds: 3600 } }),
+    storeProxyConfig(lab, p, { workers, stateDir: join(lab.dir, name, 'state'), certStore: { dir: p.storeDir, rescanSeconds: 3600 } }),
   );
   running.push(proxy);
   return proxy;
 }
 
-/** The serial `host` serves, on several connections (both workers), each the same. */
+/** The serial `host` serves, on several connections (both workers, when it has two), each the same. */
 async function served(proxy: ClusterProxy, host: string): Promise<string> {
   const serials = new Set<string>();
   for (let k = 0; k < 3; k++) {
@@ -65,9 +84,13 @@ async function served(proxy: ClusterProxy, host: string): Promise<string> {
   return [...serials][0]!;
 }
 
+/**
+ * `issued` serves `host` once the store's watch applied it (a second or two: the files are read once quiet for 1 s,
+ * settling-read.ts). Polled every 200 ms: each poll is a handshake, a key server signature, in three processes.
+ */
 async function servesAfterWatch(proxy: ClusterProxy, host: string, issued: Issued): Promise<void> {
   const want = hex(issued.cert.serialNumber);
-  await waitFor(`${host} to serve ${want}`, async () => (hex((await nodeGet(proxy.port, host, ca)).serial) === want ? true : undefined));
+  await waitFor(`${host} to serve ${want}`, async () => (hex((await nodeGet(proxy.port, host, ca)).serial) === want ? true : undefined), 15_000, 200);
   expect(await served(proxy, host)).toBe(want);
 }
 
@@ -112,7 +135,7 @@ describe('an entry refused at start serves the version the last run served', () 
     const a1 = await leaf('a.lab.test');
     write(storeDir, 'a', a1);
     write(storeDir, 'b', await leaf('b.lab.test'));
-    const first = await start('small');
+    const first = await start('small', 1);
     expect(await served(first, 'a.lab.test')).toBe(hex(a1.cert.serialNumber));
     await first.stop();
 
@@ -143,7 +166,7 @@ describe('an entry refused at start serves the version the last run served', () 
     const storeDir = storeOf('renewed');
     const a1 = await leaf('a.lab.test');
     write(storeDir, 'a', a1);
-    const first = await start('renewed');
+    const first = await start('renewed', 1);
     expect(await served(first, 'a.lab.test')).toBe(hex(a1.cert.serialNumber));
     // The renewal, a one-entry delta.
     const a2 = await leaf('a.lab.test');
@@ -184,12 +207,11 @@ describe('an entry refused at start serves the version the last run served', () 
   }, 120_000);
 
   it(`in a store larger than a pack (${PACK_THRESHOLD + 8} entries): a renewal since the kept whole state is what serves`, async () => {
-    const entries = PACK_THRESHOLD + 8;
     const dir = storeOf('large');
-    for (let i = 0; i < entries; i++) write(dir, `s${i}`, await leaf(`s${i}.lab.test`));
+    for (const [i, one] of (await bulkLeaves()).entries()) write(dir, `s${i}`, one);
     const s1 = await leaf('s0.lab.test');
     write(dir, 's0', s1);
-    const first = await start('large');
+    const first = await start('large', 1);
     expect(await served(first, 's0.lab.test')).toBe(hex(s1.cert.serialNumber));
     // A renewal after the whole state the workers got as a pack (and the kept state was written from).
     const s2 = await leaf('s0.lab.test');
@@ -218,9 +240,7 @@ describe('the log of last served versions and a worker started during a large re
     const v2 = join(base, 'v2');
     mkdirSync(v1, { recursive: true });
     mkdirSync(v2, { recursive: true });
-    const entries = PACK_THRESHOLD + 8;
-    const issued: Issued[] = [];
-    for (let i = 0; i < entries; i++) issued.push(await leaf(`s${i}.lab.test`));
+    const issued = await bulkLeaves();
     for (const [i, one] of issued.entries()) write(v1, `s${i}`, one);
     // The store is a link to v1; v2 is the same store after a mass change (s0 renewed, PACK_THRESHOLD + 1 entries
     // added), switched to in one step so that one reload carries it whole: a delta too large to go inline.
@@ -330,7 +350,7 @@ describe('the log of last served versions and another store directory', () => {
     const old = storeOf(name);
     const a1 = await leaf('a.lab.test');
     write(old, 'a', a1);
-    const first = await start(name);
+    const first = await start(name, 1);
     expect(await served(first, 'a.lab.test')).toBe(hex(a1.cert.serialNumber));
     await first.stop();
 
@@ -370,8 +390,9 @@ describe.skipIf(!canMount)('the log of last served versions in a state directory
     try {
       const storeDir = storeOf('readonly');
       write(storeDir, 'a', await leaf('a.lab.test'));
+      // One worker: the log is the primary's to write (serving/source.ts).
       const proxy = await startClusterProxy(lab, 'readonly', (p) =>
-        storeProxyConfig(lab, p, { stateDir: state, certStore: { dir: p.storeDir, rescanSeconds: 3600 } }),
+        storeProxyConfig(lab, p, { workers: 1, stateDir: state, certStore: { dir: p.storeDir, rescanSeconds: 3600 } }),
       );
       running.push(proxy);
       execFileSync('mount', ['-o', 'remount,ro', state]);

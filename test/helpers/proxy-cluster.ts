@@ -70,13 +70,14 @@ export interface ClusterProxy {
   stop(): Promise<void>;
 }
 
-export async function waitFor<T>(what: string, check: () => Promise<T | undefined> | T | undefined, timeoutMs = 15_000): Promise<T> {
+/** `intervalMs`: the pause between checks; longer for a check that costs (a TLS handshake, a key server signature each). */
+export async function waitFor<T>(what: string, check: () => Promise<T | undefined> | T | undefined, timeoutMs = 15_000, intervalMs = 25): Promise<T> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     const value = await check();
     if (value !== undefined) return value;
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await sleep(25);
+    await sleep(intervalMs);
   }
 }
 
@@ -129,6 +130,9 @@ export async function startClusterProxy(
         }
       },
       readyTimeoutMs,
+      // Every 100 ms: a start takes seconds, and each check is an HTTP request the starting primary answers (some 3 ms
+      // of CPU with the client's, 40 a second at 25 ms, about half a second of CPU a start).
+      100,
     );
   } catch (err) {
     // The test gets no handle to stop it with: a proxy left running would outlive the test run.
