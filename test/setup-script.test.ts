@@ -145,6 +145,8 @@ describe('config/setup.sh: up and down', () => {
         demo-origin) echo "keyedge: KEYEDGE_ERR_SETUP: cannot listen on tcp 127.0.0.1:8080: EADDRINUSE" >&2; exit 1 ;;
         keyserver | proxy) trap "echo $1 >>'$PWD/order'; exit 0" TERM; while :; do sleep 0.05; done ;;
       esac`;
+      // A bash array expansion, not a template placeholder.
+      // biome-ignore lint/suspicious/noTemplateCurlyInString: bash's "${KEYEDGE[@]}", passed to bash as written
       const steps = 'start_keyserver() { start_background keyserver "${KEYEDGE[@]}" keyserver; }; up; echo "up said $?"';
       const result = await runSetup(root, fake, (server.address() as AddressInfo).port, steps);
       expect(result.status).toBe(1);
