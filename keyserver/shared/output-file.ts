@@ -15,8 +15,9 @@
  * which an operator's file does not.
  */
 import { randomBytes } from 'node:crypto';
-import { closeSync, fchmodSync, fsyncSync, lstatSync, openSync, readlinkSync, renameSync, unlinkSync, writeFileSync } from 'node:fs';
+import { closeSync, fchmodSync, fsyncSync, openSync, renameSync, unlinkSync, writeFileSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
+import { linkTarget } from './link-target.js';
 
 /** FILE is a symbolic link: nothing was written. */
 export class OutputFileIsLink extends Error {
@@ -52,19 +53,5 @@ export function writeOutputFile(file: string, content: string | Buffer, mode: nu
       // Renamed already, or never made.
     }
     throw err;
-  }
-}
-
-function linkTarget(file: string): string | undefined {
-  try {
-    if (!lstatSync(file).isSymbolicLink()) return undefined;
-  } catch {
-    // Nothing there (or an unreadable directory, which the write then reports).
-    return undefined;
-  }
-  try {
-    return readlinkSync(file);
-  } catch (err) {
-    return `unreadable: ${(err as NodeJS.ErrnoException).code ?? 'error'}`;
   }
 }

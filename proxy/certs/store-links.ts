@@ -17,9 +17,8 @@
  * this check and the rename is replaced: two tools writing one entry at once
  * is the race store.ts assumes away.
  */
-import { lstatSync, readlinkSync } from 'node:fs';
+import { linkTarget } from '../../keyserver/shared/link-target.js';
 import { CertificateStoreError } from './errors.js';
-import { errno } from './store-files.js';
 
 /** Throws KEYEDGE_ERR_CERT_LINKED when either file of entry `name` is a symbolic link, dangling or not. */
 export function refuseLinkedEntry(name: string, paths: { readonly chainPath: string; readonly metaPath: string }): void {
@@ -37,24 +36,5 @@ export function refuseLinkedEntry(name: string, paths: { readonly chainPath: str
         'serves what the link points at and follows it when it is re-pointed. To have keyedge keep the entry instead, put a copy of the file ' +
         "in the link's place first",
     );
-  }
-}
-
-/**
- * What `file` points at when it is a symbolic link, as written in the link
- * (a relative target as it is: what `ls -l` shows); undefined when it is not
- * one, or not there.
- */
-function linkTarget(file: string): string | undefined {
-  try {
-    if (!lstatSync(file).isSymbolicLink()) return undefined;
-  } catch {
-    return undefined;
-  }
-  try {
-    return readlinkSync(file);
-  } catch (err) {
-    // Removed or replaced since the lstat: still refused, as a link whose target is unknown.
-    return `(unreadable: ${errno(err)})`;
   }
 }
