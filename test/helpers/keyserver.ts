@@ -1,3 +1,13 @@
+/**
+ * Running a real key server in a test: a temporary state directory with its
+ * own embedded SoftHSM2 token, keys put in before the server starts, a logger
+ * whose lines the test can read, and raw-socket access for malformed input.
+ *
+ * One PKCS#11 module instance per process: provisionKeys() opens the token,
+ * works and finalises it again, so call it before startKeyserver(), never
+ * while a key server of this process is running. Keys added while one runs go
+ * through the CLI child process (basics.ts runCli).
+ */
 import { constants, createHash, createPublicKey, type KeyObject, verify } from 'node:crypto';
 import { readFileSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
