@@ -115,6 +115,25 @@ async function front(status: number): Promise<http.Server> {
   return server;
 }
 
+/**
+ * SIGKILLs the process a pid file names, if it names one: only a whole number above 1. An empty or cut pid file read
+ * as Number('') is 0, and process.kill(0) signals the test's own process group: vitest and everything it runs.
+ */
+function killByPidFile(file: string): void {
+  let pid: number;
+  try {
+    pid = Number.parseInt(readFileSync(file, 'utf8').trim(), 10);
+  } catch {
+    return;
+  }
+  if (!Number.isInteger(pid) || pid <= 1) return;
+  try {
+    process.kill(pid, 'SIGKILL');
+  } catch {
+    // Stopped already.
+  }
+}
+
 describe('config/setup.sh: up and down', () => {
   it('up fails, naming the demo origin and its log, when the origin could not start (its port taken): not "keyedge is up" over a 502', async () => {
     const root = tempDir('keyedge-setup-up-');
@@ -160,11 +179,7 @@ describe('config/setup.sh: up and down', () => {
     } finally {
       // Before the fix, what the failed `up` left running.
       for (const name of ['proxy', 'keyserver']) {
-        try {
-          process.kill(Number(readFileSync(join(root, 'var', 'run', `${name}.pid`), 'utf8')), 'SIGKILL');
-        } catch {
-          // Not there, or stopped.
-        }
+        killByPidFile(join(root, 'var', 'run', `${name}.pid`));
       }
       server.close();
       removeDir(root);
@@ -211,11 +226,7 @@ describe('config/setup.sh: up and down', () => {
       } finally {
         // Before the fix, what the interrupted `up` left running.
         for (const name of ['proxy', 'demo-origin', 'keyserver']) {
-          try {
-            process.kill(Number(readFileSync(join(root, 'var', 'run', `${name}.pid`), 'utf8')), 'SIGKILL');
-          } catch {
-            // Not there, or stopped.
-          }
+          killByPidFile(join(root, 'var', 'run', `${name}.pid`));
         }
         server.closeAllConnections();
         server.close();
