@@ -1,5 +1,6 @@
 import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import net from 'node:net';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
@@ -137,6 +138,15 @@ async function startProxy(name: string, extra: Record<string, unknown> = {}): Pr
   return proxy;
 }
 
+/** Whether `pid` runs: an exited worker whose primary is gone is a zombie until init reaps it, which kill(pid, 0) still finds. */
+function running(pid: number): boolean {
+  try {
+    return readFileSync(`/proc/${pid}/stat`, 'utf8').replace(/^.*\) /s, '')[0] !== 'Z';
+  } catch {
+    return false;
+  }
+}
+
 const listeningWorkers = (proxy: Proxy): number[] => proxy.lines.filter((l) => l.msg === 'proxy worker listening').map((l) => l.pid as number);
 
 /** A request for a slow answer (the origin waits `delayMs` before it sends 4 KiB), once it reached the origin. */
@@ -187,5 +197,47 @@ describe('a first start that fails while the primary has not yet heard the other
     expect(await proxy.exited).toBe(1);
     expect(proxy.lines.find((l) => l.msg === 'a proxy worker could not start; stopping')).toMatchObject({ reason: expect.stringMatching(/EMFILE/) });
     await waitFor('no process of it left', () => (proxy.processes().length === 0 ? true : undefined), 10_000);
+  }, 120_000);
+});
+
+describe('a primary killed (SIGKILL) while its workers serve', () => {
+  it('its workers stop accepting, answer the request in flight whole, cut one that outlives the grace period, and exit by then: no process is left', async () => {
+    const GRACE_MS = 8_000;
+    const proxy = await startProxy('primary-killed', { shutdownGraceMs: GRACE_MS });
+    await waitFor('both workers listening', () => (listeningWorkers(proxy).length === 2 ? true : undefined), 60_000);
+    const workers = proxy.processes().filter((pid) => pid !== proxy.child.pid);
+    expect(workers).toHaveLength(2);
+    // One answer within the grace period, one far past it (the origin holds it two minutes).
+    const short = await inFlight(proxy, 'killed-short', 3_000);
+    const long = await inFlight(proxy, 'killed-long', 120_000);
+    process.kill(proxy.child.pid!, 'SIGKILL');
+    const killedAt = Date.now();
+    // New connections are refused at once: each worker held its own descriptor of the listening socket, now closed.
+    const refused = (): Promise<true | undefined> =>
+      new Promise((resolve) => {
+        const socket = net.connect(proxy.port, '127.0.0.1');
+        socket.once('connect', () => {
+          socket.destroy();
+          resolve(undefined);
+        });
+        socket.once('error', (err: NodeJS.ErrnoException) => resolve(err.code === 'ECONNREFUSED' ? true : undefined));
+      });
+    await waitFor('new connections refused', refused, 5_000, 100);
+    await short.receivedAtLeast(4096, 20_000);
+    expect(short.head, JSON.stringify(proxy.lines.slice(-5))).toMatch(/^HTTP\/1\.1 200 /);
+    expect(short.received).toBeGreaterThanOrEqual(4096);
+    short.tls.destroy();
+    // Every worker exits by the grace period (and its slack), whatever is still open: nothing outlives the proxy.
+    await waitFor('no process of it left', () => (proxy.processes().length === 0 ? true : undefined), GRACE_MS + 15_000, 200);
+    expect(Date.now() - killedAt).toBeLessThan(60_000);
+    await long.finish();
+    for (const pid of workers) {
+      expect(running(pid), `worker ${pid}`).toBe(false);
+      expect(
+        proxy.lines.find(
+          (l) => l.pid === pid && l.msg === 'the proxy primary is gone: this worker stops accepting, finishes its requests in flight, and exits',
+        ),
+      ).toBeDefined();
+    }
   }, 120_000);
 });
