@@ -240,4 +240,19 @@ describe('a primary killed (SIGKILL) while its workers serve', () => {
       ).toBeDefined();
     }
   }, 120_000);
+
+  it('killed while it stops them (an impatient `kill -9` after SIGTERM): the worker already draining finishes the request in flight, then exits', async () => {
+    // One worker: what is judged is a drain begun on the primary's word going on without it.
+    const proxy = await startProxy('killed-while-stopping', { workers: 1 });
+    await waitFor('the worker listening', () => (listeningWorkers(proxy).length === 1 ? true : undefined), 60_000);
+    const client = await inFlight(proxy, 'killed-while-stopping', 3_000);
+    process.kill(proxy.child.pid!, 'SIGTERM');
+    await waitFor('the stop begun', () => proxy.lines.find((l) => l.msg === 'stopping proxy workers'));
+    process.kill(proxy.child.pid!, 'SIGKILL');
+    await client.receivedAtLeast(4096, 20_000);
+    expect(client.head, JSON.stringify(proxy.lines.slice(-5))).toMatch(/^HTTP\/1\.1 200 /);
+    expect(client.received).toBeGreaterThanOrEqual(4096);
+    client.tls.destroy();
+    await waitFor('no process of it left', () => (proxy.processes().length === 0 ? true : undefined), 25_000, 200);
+  }, 120_000);
 });
