@@ -3,7 +3,8 @@
  * worker is told to drain and is killed if it outlives the grace period, and
  * one still starting is ended at once (SIGTERM); a second
  * signal is caught too, so it cannot cut the drain short. A first worker that
- * cannot start fails the start instead. The workers' own drain is shutdown.ts.
+ * cannot start while none serves fails the start, after the same stop of the
+ * others. The workers' own drain is shutdown.ts.
  */
 import type { ProxyConfig } from '../config/proxy-schema.js';
 import type { Logger } from '../keyserver/shared/log.js';
@@ -34,29 +35,15 @@ export async function untilStopped(
         if (supervisor.stopping) return;
         stopTimers();
         log.error({ code: err.code, reason: err.message }, 'a proxy worker could not start; stopping');
-        // Workers still starting have no SIGTERM handler yet and end at once; started ones stop gracefully.
-        for (const worker of supervisor.workers()) worker.process.kill('SIGTERM');
-        reject(err);
+        // Rejected once every worker is gone: the CLI exits a second after a failed command, and a worker that had
+        // begun to serve (its readiness not yet read here) was cut with it, mid-request.
+        stopWorkers(config, supervisor, () => reject(err));
       };
       stop = (reason) => {
         if (supervisor.stopping) return;
         stopTimers();
         log.info({ reason }, 'stopping proxy workers');
-        const workers = supervisor.workers();
-        if (workers.length === 0) return resolve();
-        let left = workers.length;
-        for (const worker of workers) {
-          worker.once('exit', () => --left === 0 && resolve());
-          // A worker not yet ready serves nothing: it ends at once on SIGTERM (its handler comes with serving, installed
-          // as it says ready). Told to drain instead, it finished its whole start first, and a word sent before it
-          // listened for messages was lost, leaving it to the grace period's kill.
-          if (supervisor.ready.has(worker)) sendToWorker(worker, SHUTDOWN);
-          else worker.process.kill('SIGTERM');
-        }
-        // Workers that do not finish within the grace period (plus slack) are killed.
-        setTimeout(() => {
-          for (const worker of workers) if (!worker.isDead()) worker.kill('SIGKILL');
-        }, config.shutdownGraceMs + 5_000).unref();
+        stopWorkers(config, supervisor, resolve);
       };
       onFault(() => stop('uncaught error'));
     });
@@ -64,4 +51,26 @@ export async function untilStopped(
     process.off('SIGTERM', onStopSignal);
     process.off('SIGINT', onStopSignal);
   }
+}
+
+/**
+ * Stops every worker, then calls `done`: a ready one is told to drain, one still starting is ended at once (SIGTERM),
+ * and any left after the grace period (plus slack) is killed.
+ */
+function stopWorkers(config: ProxyConfig, supervisor: WorkerSupervisor, done: () => void): void {
+  const workers = supervisor.workers();
+  if (workers.length === 0) return done();
+  let left = workers.length;
+  for (const worker of workers) {
+    worker.once('exit', () => --left === 0 && done());
+    // A worker not yet ready serves nothing: it ends at once on SIGTERM (its handler comes with serving, installed
+    // as it says ready). Told to drain instead, it finished its whole start first, and a word sent before it
+    // listened for messages was lost, leaving it to the grace period's kill.
+    if (supervisor.ready.has(worker)) sendToWorker(worker, SHUTDOWN);
+    else worker.process.kill('SIGTERM');
+  }
+  // Workers that do not finish within the grace period (plus slack) are killed.
+  setTimeout(() => {
+    for (const worker of workers) if (!worker.isDead()) worker.kill('SIGKILL');
+  }, config.shutdownGraceMs + 5_000).unref();
 }

@@ -8,11 +8,13 @@
  * Replacements are paced: after a death within CRASH_LOOP_MS of its start, or
  * before the worker served at all, the pause doubles with each such death in a
  * row, so a crash loop leaves the serving workers their CPU; a fork the system
- * refuses (EAGAIN, ENOMEM) counts as such a death. Until every first
- * worker has been ready once, a worker that cannot start (a port in use, the
- * bridge not built) ends the proxy with its error through `failStart`:
- * replacing it would fail the same way, for ever; so do FAILED_STARTS failed
- * starts in a row while no worker has served yet.
+ * refuses (EAGAIN, ENOMEM) counts as such a death. While no worker serves and
+ * not every first worker has been ready once, a worker that cannot start (a
+ * port in use, the bridge not built) ends the proxy with its error through
+ * `failStart`: replacing it would fail the same way, for ever; so do
+ * FAILED_STARTS failed starts in a row while no worker has served yet. One
+ * that cannot start while another serves is replaced like any other death
+ * (nginx's master does the same): the serving ones go on.
  */
 import cluster, { type Worker } from 'node:cluster';
 import type { Counter } from 'prom-client';
@@ -129,8 +131,16 @@ export class WorkerSupervisor {
         this.#everReady = true;
         if (this.ready.size >= this.parts.config.workers) this.#allStarted = true;
       } else if (isStartFailedMessage(message)) {
-        if (!this.#allStarted) this.failStart?.(new KeyedgeError(message.code, `proxy worker could not start: ${message.message}`));
-        else this.parts.log.error({ worker: worker.id, code: message.code, reason: message.message }, 'a replacement proxy worker could not start');
+        // While no worker serves, a failed start ends the proxy with its reason (a port in use, the bridge not built:
+        // every worker would fail the same way), and nothing is in flight. Once one serves, the failed one is replaced
+        // after the crash-loop pause, as nginx's master replaces a worker: ending the proxy cut the serving worker's
+        // requests in flight (the primary exits a second after a failed start, and its workers with it).
+        if (!this.#allStarted && this.ready.size === 0) this.failStart?.(new KeyedgeError(message.code, `proxy worker could not start: ${message.message}`));
+        else
+          this.parts.log.error(
+            { worker: worker.id, code: message.code, reason: message.message },
+            this.#allStarted ? 'a replacement proxy worker could not start' : 'a proxy worker could not start; another serves, so it is replaced',
+          );
       } else this.parts.onMessage(worker, message);
     });
   }

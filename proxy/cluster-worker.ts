@@ -2,8 +2,9 @@
  * One worker of `keyedge proxy` (node:cluster): it asks the primary
  * (cluster.ts) for the ticket keys and its serving state, serves them
  * (worker.ts), applies each reload the primary sends, and stops on the
- * primary's word or its own SIGTERM, or drains after an uncaught error. The
- * messages are cluster-messages.ts's.
+ * primary's word or its own SIGTERM, or drains after an uncaught error or the
+ * loss of its primary (cluster-primary-gone.ts). The messages are
+ * cluster-messages.ts's.
  */
 import assert from 'node:assert/strict';
 import type { ProxyConfig } from '../config/proxy-schema.js';
@@ -26,6 +27,7 @@ import {
   WANT_TICKET_KEY,
 } from './cluster-messages.js';
 import { sendFinalMetrics, serveWorkerMetrics } from './cluster-metrics.js';
+import { watchPrimary } from './cluster-primary-gone.js';
 import { uncaughtErrorsCounter } from './metrics.js';
 import { isPackedDelta, type PackedDelta, readPack, type WireDelta } from './serving/pack.js';
 import type { ServingDelta } from './serving/spec.js';
@@ -71,6 +73,17 @@ export async function runWorker(config: ProxyConfig, log: Logger, options: Pick<
     },
     deadlineMs: config.shutdownGraceMs + 5_000,
   });
+  // A primary gone unasked (SIGKILL, the OOM killer) ended this worker at once (node:cluster's exit on the IPC
+  // channel's loss), cutting every request in flight: it drains instead, as on SIGTERM (cluster-primary-gone.ts).
+  const primary = watchPrimary(
+    log,
+    config.shutdownGraceMs + 5_000,
+    () => status,
+    () => {
+      if (stop === undefined) process.exit(status);
+      else stop();
+    },
+  );
   const applyNow = (delta: ServingDelta): void => {
     assert(worker !== undefined);
     try {
@@ -124,9 +137,11 @@ export async function runWorker(config: ProxyConfig, log: Logger, options: Pick<
   });
   // What this worker counted since the primary's last poll stays in the cluster's sums.
   await sendFinalMetrics();
-  // node:cluster exits a worker with 0 when it disconnects: a drained one exits with its own status.
-  if (status !== 0) process.exit(status);
+  // node:cluster exits a worker with 0 when it disconnects: a drained one exits with its own status. One whose primary
+  // is gone has no channel left to close.
+  if (status !== 0 || primary.gone()) process.exit(status);
   // The IPC channel to the primary is the last thing keeping this process alive.
+  primary.leaving();
   process.disconnect?.();
 }
 
