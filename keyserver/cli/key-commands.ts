@@ -7,7 +7,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { loadKeyserverConfig } from '../../config/load.js';
-import { KeyError, UsageError } from '../shared/errors.js';
+import { KeyError, SetupError, UsageError } from '../shared/errors.js';
 import { tokenOptions } from '../token/open-options.js';
 import { generateKey, KEY_TYPES, type KeyType } from '../token/key-generate.js';
 import { importKey } from '../token/key-import.js';
@@ -68,6 +68,9 @@ const OPTIONS = {
   'proxy-config': { type: 'string' },
   force: { type: 'boolean' },
 } as const;
+
+/** Errors of a `--out FILE` that names no place a file can be: a usage error; any other write failure is the host's. */
+const WRONG_PATH: ReadonlySet<string> = new Set(['ENOENT', 'ENOTDIR', 'EISDIR', 'ENAMETOOLONG']);
 
 /** What `key import --in` reads at most. */
 const MAX_KEY_FILE_BYTES = 1024 * 1024;
@@ -158,8 +161,13 @@ export const keyCommand = (findKeyUsers: FindKeyUsers): Command => ({
               writeOutputFile(values.out, pem, 0o644);
             } catch (err) {
               if (err instanceof OutputFileIsLink) throw new UsageError(`--out ${err.message}: nothing was written; name the file itself`);
-              // Not the stack trace of an open(2) naming the temp file: FILE, and why.
-              throw new UsageError(`cannot write --out ${values.out}: ${operatorFileFailure(err)}`);
+              // Not the stack trace of an open(2) naming the temp file: FILE, and why. A FILE that names no place to
+              // write (its directory not there) is the command line's mistake; a disk full, an I/O error, a read-only
+              // or forbidden directory are the host's, as the certificate store's write failures are (status 1): a
+              // usage error (status 2) sent the operator to the command line for a fault of the disk.
+              const errno = operatorFileFailure(err);
+              if (WRONG_PATH.has(errno)) throw new UsageError(`cannot write --out ${values.out}: ${errno}`);
+              throw new SetupError(`cannot write --out ${values.out}: ${errno}; nothing was written`);
             }
             process.stdout.write(`wrote a CSR for ${domains.join(', ')} with key ${key.keyId} to ${values.out}\n`);
           } else {
