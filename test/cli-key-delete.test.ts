@@ -79,7 +79,14 @@ describe('keyedge key delete', () => {
     const edge = generate('edge-key');
     const store = join(dir, 'edge-store');
     const proxyConfig = join(dir, 'proxy.json');
-    writeFileSync(proxyConfig, JSON.stringify({ stateDir: './state', admin: null, certStore: { dir: store } }));
+    // The config's own certificates count too: one for the key, one for another.
+    writeFileSync(join(dir, 'configured.pem'), await chainFor(edge.spki, 'configured.example'));
+    writeFileSync(join(dir, 'unrelated.pem'), await chainFor(generate('unrelated-key').spki, 'unrelated.example'));
+    const certificates = [
+      { name: 'configured', chain: 'configured.pem' },
+      { name: 'unrelated', chain: 'unrelated.pem' },
+    ];
+    writeFileSync(proxyConfig, JSON.stringify({ stateDir: './state', admin: null, certStore: { dir: store }, certificates }));
 
     const gone = keyedge(dir, 'key', 'delete', '--config', ksConfig, '--key', 'edge-key', '--proxy-config', proxyConfig);
     expect(gone.status).toBe(1);
@@ -94,7 +101,8 @@ describe('keyedge key delete', () => {
     const used = keyedge(dir, 'key', 'delete', '--config', ksConfig, '--key', edge.keyId, '--proxy-config', proxyConfig);
     expect(used.status).toBe(1);
     expect(used.stderr).toContain(
-      `keyedge: KEYEDGE_ERR_KEY_IN_USE: key 'edge-key' (key id ${edge.keyId}) is used by 1 certificate of the certificate store ${store}: 'edge' (${store}/edge.pem)`,
+      `keyedge: KEYEDGE_ERR_KEY_IN_USE: key 'edge-key' (key id ${edge.keyId}) is used by 2 certificates of the config ${proxyConfig} and the certificate store ${store}: ` +
+        `'configured' (${join(dir, 'configured.pem')}, in certificates), 'edge' (${store}/edge.pem); `,
     );
     expect(labels()).toContain('edge-key');
 

@@ -43,7 +43,7 @@ export const findKeyUsers: FindKeyUsers = async (key, proxyConfig) => {
     }
     if (leafKeyId(text) === key.keyId) users.push(`'${certificate.name}' (${certificate.chain}, in certificates)`);
   }
-  const checked = config.certificates.length === 0 ? [] : [`the certificates of ${config.source}`];
+  const checked = config.certificates.length === 0 ? [] : [`the config ${config.source}`];
   if (config.etcd !== null) {
     warnings.push(`the fleet's certificate store (etcd, prefix ${config.etcd.prefix}) was not checked for a certificate using key '${key.label}'`);
     return { checked: checked.join(''), users, warnings };
