@@ -36,7 +36,11 @@ const COMMANDS: readonly CommandEntry[] = [
   {
     name: 'key',
     summary: 'generate, import, list, delete keys in the token; make CSRs signed inside it',
-    load: async () => (await import('./keyserver/cli/key-commands.js')).keyCommand,
+    // A delete asks the proxy's certificates whether they use the key (keyserver/cli/key-users.ts): loaded then only.
+    load: async () =>
+      (await import('./keyserver/cli/key-commands.js')).keyCommand(async (key, proxyConfig) =>
+        (await import('./proxy/certs/key-users.js')).findKeyUsers(key, proxyConfig),
+      ),
   },
   {
     name: 'proxy',

@@ -260,6 +260,61 @@ describe('keyedge key', () => {
     expect(missing.stderr).toBe(`keyedge: KEYEDGE_ERR_USAGE: cannot write --out ${nowhere}: ENOENT\n`);
   });
 
+  it('key csr --out on a full file system: an I/O failure naming FILE and the errno (status 1), not a usage error; nothing left behind', () => {
+    const full = join(dir, 'full');
+    mkdirSync(full);
+    const out = join(full, 'shop.csr');
+    const csr = (keyConfig: string, limit: string) =>
+      spawnSync(
+        'bash',
+        [
+          '-c',
+          'ulimit -f "$1" && shift && exec "$@"',
+          'bash',
+          limit,
+          process.execPath,
+          KEYEDGE,
+          'key',
+          'csr',
+          '--config',
+          keyConfig,
+          '--key',
+          'edge-ec',
+          '--domain',
+          'shop.example',
+          '--out',
+          out,
+        ],
+        { encoding: 'utf8', cwd: dir },
+      );
+    // A real full disk: a 16 KiB tmpfs, filled to its last block (the tests run as root): the temp file is made (an
+    // inode), its write is what fails.
+    const mounted = spawnSync('mount', ['-t', 'tmpfs', '-o', 'size=16k', 'tmpfs', full]).status === 0;
+    let result: ReturnType<typeof csr>;
+    let errno: string;
+    try {
+      if (mounted) {
+        spawnSync('dd', ['if=/dev/zero', `of=${join(full, 'filler')}`, 'bs=4k']);
+        result = csr(config, 'unlimited');
+        errno = 'ENOSPC';
+      } else {
+        // Where mount(2) is refused, a file-size limit of 0 fails the write as real (EFBIG; Node ignores SIGXFSZ). On a
+        // token of its own: SoftHSM2 rewrites its token file at login, which the limit cuts to nothing.
+        const limitedConfig = join(dir, 'keyserver-efbig.json');
+        writeFileSync(limitedConfig, JSON.stringify({ stateDir: './state-efbig', admin: null }));
+        expect(keyedge('key', 'generate', '--config', limitedConfig, '--type', 'ec-p256', '--label', 'edge-ec').status).toBe(0);
+        result = csr(limitedConfig, '0');
+        errno = 'EFBIG';
+      }
+      expect(readdirSync(full).filter((f) => f !== 'filler')).toEqual([]);
+    } finally {
+      if (mounted) spawnSync('umount', [full]);
+    }
+    expect(result.stderr).toBe(`keyedge: KEYEDGE_ERR_SETUP: cannot write --out ${out}: ${errno}; nothing was written\n`);
+    expect(result.status).toBe(1);
+    expect(result.stdout).toBe('');
+  });
+
   it('makes a CSR without a CN when the first name is over 64 characters (RFC 5280 ub-common-name): the names are in the SAN', async () => {
     const long = `${'a'.repeat(60)}.shop.example`;
     const out = join(dir, 'long.csr');

@@ -572,3 +572,67 @@ describe('one responder down for many certificates', () => {
     }
   }, 180_000);
 });
+
+describe('a start where every fetch succeeds', () => {
+  it('is told in one info line with how many certificates were stapled, not one per certificate; refreshes at debug level', async () => {
+    // Each certificate's staple was an info line of its own in each worker: 1,000 certificates, 1,000 lines per worker
+    // at every start, and again at every refresh, all saying the same thing.
+    const count = 20;
+    const path = '/many-good';
+    const url = `http://127.0.0.1:${port}${path}`;
+    const leaves = await Promise.all(
+      Array.from({ length: count }, (_, i) =>
+        issue(ca, { commonName: `good-${i}.example`, dnsNames: [`good-${i}.example`], keyAlgorithm: 'ec-p256', ocspUrl: url }),
+      ),
+    );
+    const certificates = leaves.map((leaf, i) => ({ name: `good-${i}`, leaf: leaf.cert, chain: [leaf.cert, ca.cert] }) as unknown as ServedCertificate);
+    // One answer covering them all (openssl answers each certificate a request lists).
+    const { index } = writeResponderFiles(
+      dir,
+      ca,
+      leaves.map((leaf) => ({ leaf, status: 'good' as const })),
+    );
+    const leafFiles = leaves.map((leaf, i) => writePem(dir, `good-${i}`, leaf.certPem));
+    const request = join(dir, 'many-good-req.der');
+    const made = await run('openssl', ['ocsp', '-issuer', caFile, ...leafFiles.flatMap((f) => ['-cert', f]), '-no_nonce', '-reqout', request]);
+    expect(made.code, made.stderr).toBe(0);
+    const response = join(dir, 'many-good-resp.der');
+    await opensslRespond(index, { cert: caFile, key: writeIssued(dir, 'many-good-ca', ca).key }, request, response, 1);
+    answers.set(path, readFileSync(response));
+    const from = lines.length;
+    const since = (): Record<string, unknown>[] => lines.slice(from);
+    const updated = (): Record<string, unknown>[] => since().filter((l) => l.msg === 'OCSP staple updated');
+    const until = async (what: string, done: () => boolean): Promise<void> => {
+      for (const started = Date.now(); Date.now() - started < 60_000 && !done(); ) await sleep(50);
+      expect(done(), what).toBe(true);
+    };
+    // Asked again soon after each answer: the refreshes are seen too.
+    const stapler = new OcspStapler(log, { refreshIn: () => 200, retryMs: [100] });
+    try {
+      for (const certificate of certificates) stapler.track(certificate);
+      await until('every certificate stapled', () => certificates.every((c) => stapler.stapleOf(c) !== undefined));
+      await until('every certificate refreshed once', () => new Set(updated().map((l) => l.certificate)).size === count && updated().length >= 2 * count);
+      const info = since().filter((l) => Number(l.level) >= 30);
+      expect(info).toEqual([expect.objectContaining({ level: 30, msg: 'OCSP staples fetched', certificates: count })]);
+      // Each staple, the first and the refreshes, is still there for debugging.
+      expect(updated().every((l) => l.level === 20)).toBe(true);
+      // A certificate tracked later (a reload that adds one) is a round of its own, told when its first fetch is done:
+      // here one the answer does not cover, warned about by name, and counted as not stapled.
+      const later = await issue(ca, { commonName: 'good-later.example', dnsNames: ['good-later.example'], keyAlgorithm: 'ec-p256', ocspUrl: url });
+      stapler.track({ name: 'good-later', leaf: later.cert, chain: [later.cert, ca.cert] } as unknown as ServedCertificate);
+      const summaries = (): Record<string, unknown>[] => since().filter((l) => l.msg === 'OCSP staples fetched');
+      await until('the later certificate told', () => summaries().length === 2);
+      expect(summaries()[1]).toMatchObject({ level: 30, certificates: 0, failed: 1 });
+      expect(since().filter((l) => l.level === 40)).toEqual([
+        expect.objectContaining({
+          certificate: 'good-later',
+          msg: 'OCSP fetch failed; serving without a fresh staple',
+          reason: 'the response does not cover this certificate',
+        }),
+      ]);
+    } finally {
+      stapler.stop();
+      answers.delete(path);
+    }
+  }, 120_000);
+});

@@ -2,11 +2,12 @@
  * `keyedge key generate|import|csr|list|delete`: managing the keys inside the token.
  * Each opens the token named by the key server's config (the embedded SoftHSM2
  * default without --config) and closes it before returning; they may run while
- * the key server is up, which picks new keys up on first use.
+ * the key server is up, which picks new keys up on first use. `delete`
+ * refuses a key a certificate of the proxy uses, unless --force (key-users.ts).
  */
 import { readFileSync } from 'node:fs';
 import { loadKeyserverConfig } from '../../config/load.js';
-import { KeyError, UsageError } from '../shared/errors.js';
+import { KeyError, SetupError, UsageError } from '../shared/errors.js';
 import { tokenOptions } from '../token/open-options.js';
 import { generateKey, KEY_TYPES, type KeyType } from '../token/key-generate.js';
 import { importKey } from '../token/key-import.js';
@@ -16,6 +17,7 @@ import { type Command, formatTable, parseCommandArgs, requireOption } from '../s
 import { operatorFileFailure, operatorFileName, readOperatorFile, STANDARD_INPUT } from '../shared/operator-file.js';
 import { OutputFileIsLink, writeOutputFile } from '../shared/output-file.js';
 import { shellWord } from '../shared/shell-word.js';
+import type { FindKeyUsers } from './key-users.js';
 import { guardKeyCommand } from './pin-guard.js';
 
 const USAGE = `Usage: keyedge key <action> [options]
@@ -30,10 +32,18 @@ Actions:
                                       a PKCS#10 request with these names as SANs,
                                       signed inside the token
   list [--json]                       keys in the token: key id, label, type, SKI
-  delete --key NAME|KEYID             destroy a key (private and public objects)
+  delete --key NAME|KEYID [--proxy-config FILE] [--force]
+                                      destroy a key (private and public objects);
+                                      refused while a certificate of the proxy's
+                                      store uses it, unless --force
 
 Options:
   --config FILE   the key server's config (default: the embedded SoftHSM2 token under ./var)
+  --proxy-config FILE
+                  delete: the proxy's config, whose certificates and store
+                  (certStore.dir) are checked for the key (default: the
+                  embedded default's ./var/certs, when it is there)
+  --force         delete: even a key a certificate uses (its handshakes fail)
   --pin-stdin     the value of the config's PIN variable (pkcs11.pin.env) is read from stdin
                   instead (the proxy's ACME key children: /proc/<pid>/environ shows a
                   variable to every process of the same user); a usage error with a
@@ -55,7 +65,12 @@ const OPTIONS = {
   out: { type: 'string' },
   json: { type: 'boolean' },
   'pin-stdin': { type: 'boolean' },
+  'proxy-config': { type: 'string' },
+  force: { type: 'boolean' },
 } as const;
+
+/** Errors of a `--out FILE` that names no place a file can be: a usage error; any other write failure is the host's. */
+const WRONG_PATH: ReadonlySet<string> = new Set(['ENOENT', 'ENOTDIR', 'EISDIR', 'ENAMETOOLONG']);
 
 /** What `key import --in` reads at most. */
 const MAX_KEY_FILE_BYTES = 1024 * 1024;
@@ -63,7 +78,8 @@ const MAX_KEY_FILE_BYTES = 1024 * 1024;
 /** RFC 1035 §2.3.1 labels, with one leading wildcard label allowed (RFC 6125 §6.4.3). */
 const DOMAIN = /^(\*\.)?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/i;
 
-export const keyCommand: Command = {
+/** `keyedge key`; `findKeyUsers`: the proxy's certificates that use a key (keyedge.ts hands it in, key-users.ts). */
+export const keyCommand = (findKeyUsers: FindKeyUsers): Command => ({
   name: 'key',
   async run(argv) {
     const [action, ...rest] = argv;
@@ -77,6 +93,10 @@ export const keyCommand: Command = {
     if (values.help) {
       process.stdout.write(USAGE);
       return 0;
+    }
+    // Taken by another action they were ignored, and `key generate … --force` read as if it had done something.
+    if (action !== 'delete' && (values.force === true || values['proxy-config'] !== undefined)) {
+      throw new UsageError(`${values.force === true ? '--force' : '--proxy-config'} is for \`keyedge key delete\` only`);
     }
     // Before any PIN (variable, file, stdin) or key to import is read: from here this process's memory holds them, and a
     // process of its user could read it (/proc/<pid>/mem) as the proxy's ACME key children run (pin-guard.ts).
@@ -141,8 +161,13 @@ export const keyCommand: Command = {
               writeOutputFile(values.out, pem, 0o644);
             } catch (err) {
               if (err instanceof OutputFileIsLink) throw new UsageError(`--out ${err.message}: nothing was written; name the file itself`);
-              // Not the stack trace of an open(2) naming the temp file: FILE, and why.
-              throw new UsageError(`cannot write --out ${values.out}: ${operatorFileFailure(err)}`);
+              // Not the stack trace of an open(2) naming the temp file: FILE, and why. A FILE that names no place to
+              // write (its directory not there) is the command line's mistake; a disk full, an I/O error, a read-only
+              // or forbidden directory are the host's, as the certificate store's write failures are (status 1): a
+              // usage error (status 2) sent the operator to the command line for a fault of the disk.
+              const errno = operatorFileFailure(err);
+              if (WRONG_PATH.has(errno)) throw new UsageError(`cannot write --out ${values.out}: ${errno}`);
+              throw new SetupError(`cannot write --out ${values.out}: ${errno}; nothing was written`);
             }
             process.stdout.write(`wrote a CSR for ${domains.join(', ')} with key ${key.keyId} to ${values.out}\n`);
           } else {
@@ -166,8 +191,24 @@ export const keyCommand: Command = {
           return 0;
         });
       case 'delete':
-        return withToken(values, (token) => {
-          const key = deleteKey(token, requireOption(values.key, '--key', USAGE));
+        return withToken(values, async (token) => {
+          const found = findKey(token, requireOption(values.key, '--key', USAGE));
+          // Deleted under a certificate that uses it, the key failed every handshake for it at the next sign (the key
+          // server answers UNKNOWN_KEY). --force: the operator's call (and the ACME issuer's, which checked what its
+          // proxy serves, the fleet's store included); nothing is looked at.
+          if (values.force !== true) {
+            const { checked, users, warnings } = await findKeyUsers(found, values['proxy-config']);
+            for (const warning of warnings) warn(warning);
+            if (users.length > 0) {
+              throw new KeyError(
+                'KEYEDGE_ERR_KEY_IN_USE',
+                `key '${found.label}' (key id ${found.keyId}) is used by ${users.length} certificate${users.length === 1 ? '' : 's'} of ${checked}: ` +
+                  `${users.join(', ')}; deleting it fails every handshake for them at their next sign. ` +
+                  'Nothing was deleted: remove or replace them first (keyedge cert), or give --force',
+              );
+            }
+          }
+          const key = deleteKey(token, found.keyId);
           process.stdout.write(`deleted ${describeKeyType(key)} key '${key.label}' from token '${token.label}'\nkey id: ${key.keyId}\n`);
           return 0;
         });
@@ -175,7 +216,7 @@ export const keyCommand: Command = {
         throw new UsageError(`unknown action 'key ${action}'\n\n${USAGE}`);
     }
   },
-};
+});
 
 function describe(key: TokenKey): { keyId: string; label: string; type: string; bits: number; sensitive: boolean; extractable: boolean } {
   return { keyId: key.keyId, label: key.label, type: describeKeyType(key), bits: key.bits, sensitive: key.sensitive, extractable: key.extractable };

@@ -109,7 +109,9 @@ export function cliTokenKeys(
     async remove(keyId) {
       // A key already gone is deleted: another node (or this one, under a lock it then lost) deleted it before its record
       // went, and counting that as a failure kept the record, tried again every pass, for ever. Several matches still fail.
-      await run(['delete', '--key', keyId]).catch((err: unknown) => {
+      // --force: the issuer checked what its proxy serves (housekeeping.ts), the fleet's store included, which the
+      // child's own check (the embedded default's store: it is given no proxy config) would not see.
+      await run(['delete', '--key', keyId, '--force']).catch((err: unknown) => {
         if (!(err instanceof AcmeError && err.message.includes('KEYEDGE_ERR_KEY_NOT_FOUND: no key with'))) throw err;
       });
     },

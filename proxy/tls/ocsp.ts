@@ -17,6 +17,11 @@
  * answer's own nextUpdate says. Only the issuer or a responder it certified
  * for OCSP signing may sign (RFC 6960 §4.2.2.2). Answers are taken in
  * thisUpdate order, and a signed "revoked" withdraws the staple.
+ *
+ * The log tells a start in one line per worker: once every certificate
+ * tracked has had its first fetch, how many were stapled (and how many not,
+ * their failures warned about as below); each staple, the first and every
+ * refresh, is a debug line.
  */
 import { createHash, X509Certificate as NodeCertificate } from 'node:crypto';
 import { AsnConvert, OctetString } from '@peculiar/asn1-schema';
@@ -229,6 +234,12 @@ export class OcspStapler {
    * responder down made a first warning per certificate in each worker: 1,000 certificates, 1,000 lines per worker.
    */
   readonly #outages = new Map<string, { readonly since: number; warned: number; readonly failed: Set<string> }>();
+  /**
+   * The leaves tracked since the last summary whose first fetch is still to come, and how those done went: told in one
+   * line once none is left (#firstFetched). Each staple was an info line of its own: 1,000 certificates made 1,000 lines
+   * per worker at every start, and again at every refresh, all saying the same thing.
+   */
+  readonly #firstRound = { pending: new Set<string>(), stapled: 0, failed: 0 };
 
   /** `timing` for tests only. */
   constructor(log: Logger, timing: StaplerTiming = TIMING) {
@@ -267,6 +278,7 @@ export class OcspStapler {
     let served = this.#served.get(url);
     if (served === undefined) this.#served.set(url, (served = new Set()));
     served.add(key);
+    this.#firstRound.pending.add(key);
     this.#loop(key, { timer: undefined, name: certificate.name, names: new Set([certificate.name]), url }, url, request, certId, signer);
   }
 
@@ -328,7 +340,8 @@ export class OcspStapler {
         failures = 0;
         // Asked again by what the answer says: hourly without a nextUpdate, as before a day is out.
         delay = this.#timing.refreshIn(nextUpdate === undefined ? undefined : until, Date.now());
-        this.#log.info({ certificate: loop.name, nextUpdate: until }, 'OCSP staple updated');
+        this.#log.debug({ certificate: loop.name, nextUpdate: until }, 'OCSP staple updated');
+        this.#firstFetched(key, true);
       } catch (err) {
         // Stopped or untracked meanwhile (its fetch aborted by `stop`): nothing to tell, nothing to try again.
         if (!current()) return;
@@ -353,6 +366,8 @@ export class OcspStapler {
             this.#log.warn({ ...fields, failingForMs: now - failing.since }, 'OCSP fetch failed; serving without a fresh staple');
           } else this.#log.debug(fields, 'OCSP fetch failed again');
         }
+        // After its warning: the round's line, if this ends it, counts a failure already told.
+        this.#firstFetched(key, false);
       }
       if (current()) loop.timer = setTimeout(() => void refresh(), delay).unref();
     };
@@ -384,6 +399,26 @@ export class OcspStapler {
     }
     this.#log.debug(fields, 'OCSP fetch failed again');
     return false;
+  }
+
+  /**
+   * A leaf's fetch is done (`stapled` or not); its first one counts in the round. The round's last tells the round in
+   * one info line: how many certificates were stapled, and how many were not (each failure told as above).
+   */
+  #firstFetched(key: string, stapled: boolean): void {
+    const round = this.#firstRound;
+    if (!round.pending.delete(key)) return;
+    if (stapled) round.stapled++;
+    else round.failed++;
+    this.#endRound();
+  }
+
+  #endRound(): void {
+    const round = this.#firstRound;
+    if (round.pending.size > 0 || round.stapled + round.failed === 0) return;
+    this.#log.info({ certificates: round.stapled, ...(round.failed === 0 ? {} : { failed: round.failed }) }, 'OCSP staples fetched');
+    round.stapled = 0;
+    round.failed = 0;
   }
 
   /** `url` gave a signed answer: an outage of it, if one was told, is over, and said so once. */
@@ -427,6 +462,8 @@ export class OcspStapler {
     this.#loops.delete(key);
     this.#staples.delete(key);
     if (loop === undefined) return;
+    // Untracked before its first fetch was done: not in the round, which may be over without it.
+    if (this.#firstRound.pending.delete(key)) this.#endRound();
     const served = this.#served.get(loop.url);
     served?.delete(key);
     this.#outages.get(loop.url)?.failed.delete(key);
@@ -442,6 +479,7 @@ export class OcspStapler {
     this.#loops.clear();
     this.#served.clear();
     this.#outages.clear();
+    this.#firstRound.pending.clear();
   }
 }
 
