@@ -11,12 +11,12 @@
  * and benchmarks do). Concurrency: one `next()`/`commit()` at a time; the
  * caller serialises (coordinator.ts).
  *
- * This file holds what serves (records, refusals, generation) and the pass
- * and commit that move it on. Its parts: the config a pass reads with
- * (pass-config.ts, restart-only.ts), the key server it validates against
- * (keyserver-check.ts), what a pass found (next-serving.ts), the validation
- * (prepare.ts), uploads (upload.ts), and what is kept for the next start
- * (next-start.ts).
+ * This file holds the pass and the commit that move what serves on (its
+ * records, refusals and entries present: served-records.ts). Its parts: the
+ * config a pass reads with (pass-config.ts, restart-only.ts), the key server
+ * it validates against (keyserver-check.ts), what a pass found
+ * (next-serving.ts), the validation (prepare.ts), uploads (upload.ts), and
+ * what is kept for the next start (next-start.ts).
  */
 import assert from 'node:assert/strict';
 import type { ProxyConfig } from '../../config/proxy-schema.js';
@@ -30,22 +30,19 @@ import { type NextServing, routeRefusal } from './next-serving.js';
 import { NextStart } from './next-start.js';
 import type { PackedDelta } from './pack.js';
 import { InTurn } from './in-turn.js';
-import { LayeredMap } from './layered.js';
 import { prepareServing, type SeenStat } from './prepare.js';
 import { passConfig } from './pass-config.js';
 import { restartNeeded } from './restart-only.js';
+import { ServedRecords } from './served-records.js';
 import type { CertificateRecord, Refusal, Routing, ServingDelta } from './spec.js';
 import { type UploadPin, uploadCertificate } from './upload.js';
 
 export class ServingSource {
   #config: ProxyConfig;
-  /** Layered (layered.ts): a commit of k changes costs O(k + changes since the base), not a copy of every record. */
-  #records = new LayeredMap<string, CertificateRecord>(new Map());
-  #refusals = new Map<string, Refusal>();
+  /** The records, refusals and entries present that serve now (served-records.ts). */
+  readonly #served = new ServedRecords();
   #generation = 0;
   #followed: readonly string[] = [];
-  /** Owned here, updated in place by each commit (a targeted pass answers for its names alone). */
-  #present = new Set<string>();
   readonly #seen = new Map<string, SeenStat>();
   /** The config's certificates refused as they are (prepare.ts refusedConfig): said once, not at every pass. */
   readonly #refusedConfig = new Map<string, { readonly inputId: string; readonly issuers: string; readonly refusal: Refusal }>();
@@ -106,7 +103,7 @@ export class ServingSource {
     return this.#config;
   }
   get records(): ReadonlyMap<string, CertificateRecord> {
-    return this.#records;
+    return this.#served.records;
   }
   /** The generation of the last committed pass: what serves now (0 before the first). */
   get generation(): number {
@@ -114,7 +111,7 @@ export class ServingSource {
   }
   /** Entries whose latest version was refused, until they change or are removed. */
   get refusals(): ReadonlyMap<string, Refusal> {
-    return this.#refusals;
+    return this.#served.refusals;
   }
   get store(): EntryStorage {
     return this.#shared ?? new CertificateStore(this.#config.certStore.dir);
@@ -148,7 +145,7 @@ export class ServingSource {
       const prepared = await prepareServing({
         config,
         store: this.#shared ?? new CertificateStore(config.certStore.dir),
-        previous: this.#records,
+        previous: this.#served.records,
         seen: this.#seen,
         refusedConfig: this.#refusedConfig,
         verify: options.verify === true,
@@ -169,8 +166,8 @@ export class ServingSource {
       // may still look at everything: the fleet's store, a store directory another one took the place of (prepare.ts).
       const targeted = asked && prepared.targeted;
       const answered = targeted ? [...options.only!, ...this.#config.certificates.map((c) => c.name), ...config.certificates.map((c) => c.name)] : undefined;
-      const remove = (answered ?? [...this.#records.keys()]).filter((name) => this.#records.has(name) && !prepared.records.has(name));
-      const upsert = [...prepared.records.values()].filter((r) => this.#records.get(r.name) !== r);
+      const remove = (answered ?? [...this.#served.records.keys()]).filter((name) => this.#served.records.has(name) && !prepared.records.has(name));
+      const upsert = [...prepared.records.values()].filter((r) => this.#served.records.get(r.name) !== r);
       const routing: Routing = { domains: config.domains, sni: config.sni };
       return {
         delta: { generation: this.#generation + 1, routing, upsert, remove },
@@ -215,7 +212,7 @@ export class ServingSource {
           shared: this.#shared,
           store: this.store,
           storeDirId: this.#storeDirId,
-          records: this.#records,
+          records: this.#served.records,
         },
         name,
         chainText,
@@ -227,35 +224,8 @@ export class ServingSource {
   /** Records `next` as what now serves. */
   commit(next: NextServing): void {
     assert.equal(next.delta.generation, this.#generation + 1, 'deltas are committed in order');
-    const previous = this.#records;
-    // Verdicts of inputs that no longer serve: a targeted pass names them, a full one keeps only what serves.
-    const superseded: string[] = [];
-    for (const name of next.delta.remove) {
-      const old = previous.get(name);
-      if (old !== undefined) superseded.push(old.inputId);
-      this.#refusals.delete(name);
-    }
-    for (const record of next.delta.upsert) {
-      const old = previous.get(record.name);
-      if (old !== undefined && old.inputId !== record.inputId) superseded.push(old.inputId);
-      this.#refusals.delete(record.name);
-    }
-    let records = previous.with(
-      next.delta.upsert.map((r) => [r.name, r] as const),
-      next.delta.remove,
-    );
-    // A new base once the changes on top outgrow a quarter of it: each commit copies the top layer.
-    if (records.changes > Math.max(1024, records.base.size / 4)) records = new LayeredMap(new Map(records));
-    for (const refusal of next.refused) this.#refusals.set(refusal.name, refusal);
-    if (next.targeted) {
-      for (const name of next.answered) {
-        if (next.present.has(name)) this.#present.add(name);
-        else this.#present.delete(name);
-      }
-    } else this.#present = new Set(next.present);
-    // Refusals of entries that have since gone from the store are moot.
-    for (const name of this.#refusals.keys()) if (!this.#present.has(name)) this.#refusals.delete(name);
-    this.#records = records;
+    const superseded = this.#served.apply(next);
+    const records = this.#served.records;
     this.#generation = next.delta.generation;
     // Verdicts of what no longer serves go with the next write of the file.
     if (!next.targeted) {
@@ -268,7 +238,7 @@ export class ServingSource {
     this.#fileDomains = next.fileDomains;
     // Restart-only settings keep their running values; routing and certificates move on.
     this.#config = Object.freeze({ ...this.#config, domains: next.config.domains, sni: next.config.sni, certificates: next.config.certificates });
-    this.#nextStart.committed(next, this.#records, this.#refusals);
+    this.#nextStart.committed(next, records, this.#served.refusals);
   }
 
   /** Writes the remembered verdicts now, if any changed, and stops the save timer (at shutdown). */
@@ -282,7 +252,7 @@ export class ServingSource {
     return {
       generation: this.#generation,
       routing: { domains: this.#config.domains, sni: this.#config.sni },
-      upsert: [...this.#records.values()],
+      upsert: [...this.#served.records.values()],
       remove: [],
       whole: true,
     };
@@ -310,9 +280,6 @@ export class ServingSource {
 
   /** What serves once `delta` (the next, not yet committed) is applied, as one whole delta: a rebase of the workers (serving/distribute.ts). */
   wholeWith(delta: ServingDelta): ServingDelta {
-    const records = new Map(this.#records);
-    for (const name of delta.remove) records.delete(name);
-    for (const record of delta.upsert) records.set(record.name, record);
-    return { generation: delta.generation, routing: delta.routing, upsert: [...records.values()], remove: [], whole: true };
+    return this.#served.wholeWith(delta);
   }
 }
