@@ -62,8 +62,9 @@
  * path that is no resource, 404 (admin-routes.ts).
  *
  * This file is the listener and its routing: the token check (admin-auth.ts),
- * the method (admin-routes.ts),
- * then a change (admin-changes.ts, admin-acme.ts) or a read (admin-reads.ts);
+ * then the resource and its method (admin-routes.ts, the one table of both),
+ * which answers with a change (admin-changes.ts, admin-acme.ts) or a read
+ * (admin-reads.ts);
  * bodies are bounded by admin-body.ts; what it reads and changes is
  * admin-sources.ts, supplied by the primary (cluster-admin.ts).
  */
@@ -73,9 +74,7 @@ import { answerUpgradesAsRequests } from '../keyserver/shared/admin-upgrade.js';
 import { listen } from '../keyserver/shared/listen.js';
 import { authorisationFailure, CHANGES, refuse } from './admin-auth.js';
 import { boundDrain, declaredLength, hasBody, MAX_UPLOAD_BYTES, readBody, tooLarge } from './admin-body.js';
-import { answerChange, readsBody } from './admin-changes.js';
-import { answerRead } from './admin-reads.js';
-import { allowedMethods, notAllowed } from './admin-routes.js';
+import { adminResource, notAllowed } from './admin-routes.js';
 import type { AdminSources } from './admin-sources.js';
 
 export type { AdminControl, AdminSources } from './admin-sources.js';
@@ -101,7 +100,8 @@ export function startProxyAdmin(host: string, port: number, sources: AdminSource
     const path = (req.url ?? '/').split('?')[0] ?? '/';
     const control = sources.control;
     const method = req.method ?? '';
-    const allowed = allowedMethods(path, sources);
+    const resource = adminResource(path, sources);
+    const allowed = resource.allowed;
     if (CHANGES.has(method)) {
       // Without a control API no change exists (404, or 405 naming a read's methods): counted all the same, or 1,800 of
       // them in one write were all answered, whatever MAX_ANSWERS says.
@@ -120,11 +120,11 @@ export function startProxyAdmin(host: string, port: number, sources: AdminSource
       if (!connections.answering(req, res)) return;
       // The token first (a change's 401 or 403 says nothing of the routes, README lists them), then the method.
       if (!allowed.includes(method)) return notAllowed(res, allowed);
-      return answerChange(req, res, path, control);
+      return resource.answer(req, res);
     }
     if (!connections.answering(req, res)) return;
     if (!allowed.includes(method)) return notAllowed(res, allowed);
-    return answerRead(res, path, sources);
+    return resource.answer(req, res);
   };
   // A head has HEADERS_TIMEOUT_MS, a whole request (an upload) REQUEST_TIMEOUT_MS; a slow client (slowloris) held a
   // connection of the primary for Node's 60 s and 300 s, checked every 30 s.
@@ -135,7 +135,7 @@ export function startProxyAdmin(host: string, port: number, sources: AdminSource
   const connections = capAdminConnections(server, MAX_ADMIN_CONNECTIONS);
   answerUpgradesAsRequests(server, connections.busy);
   // Expect: 100-continue (RFC 9110 §10.1.1): the 100 invites the body, so it goes only to a change that reads one
-  // (readsBody) and is not refused before it. Every change's token is checked first: its 401 or 403 at once, so that no
+  // (admin-routes.ts readsBody) and is not refused before it. Every change's token is checked first: its 401 or 403 at once, so that no
   // client without the token is invited to send up to the body limit, nor left waiting for a body it holds back for the
   // 100. Then a declared body over the limit gets its 413. Anything else gets its final answer at once, and the
   // connection ends after it if a body was declared (the client may send it anyway once it tires of waiting; it is not
@@ -144,7 +144,7 @@ export function startProxyAdmin(host: string, port: number, sources: AdminSource
     const control = sources.control;
     const denied = control !== undefined && CHANGES.has(req.method ?? '') ? authorisationFailure(req, control.tokenFile) : undefined;
     if (denied !== undefined) return refuse(res, denied, true);
-    if (control === undefined || !readsBody(req, control)) {
+    if (control === undefined || !adminResource((req.url ?? '/').split('?')[0] ?? '/', sources).readsBody(req.method ?? '')) {
       if (hasBody(req)) res.shouldKeepAlive = false;
       return handle(req, res);
     }

@@ -13,7 +13,8 @@ import { ChainStoredNotLoadedError } from './acme/errors.js';
 import { type RunningAcme, startAcme } from './acme/service.js';
 import { sendToWorker } from './cluster-metrics.js';
 import type { ReloadCoordinator } from './serving/coordinator.js';
-import { connectKeyserver, type ServingSource } from './serving/source.js';
+import { connectKeyserver } from './serving/keyserver-check.js';
+import type { ServingSource } from './serving/source.js';
 import type { EtcdStore } from './store/etcd-store.js';
 
 /** How long a new ACME challenge waits for every worker to serve it before the CA is told to look. */

@@ -12,7 +12,8 @@ import { isLoopbackHost, startProxyAdmin } from './admin.js';
 import type { RunningAcme } from './acme/service.js';
 import type { ClusterMetrics } from './cluster-metrics.js';
 import type { ReloadCoordinator } from './serving/coordinator.js';
-import { connectKeyserver, type ServingSource } from './serving/source.js';
+import { connectKeyserver } from './serving/keyserver-check.js';
+import type { ServingSource } from './serving/source.js';
 import type { EtcdStore } from './store/etcd-store.js';
 import { deleteRoute, putRoute } from './store/routes.js';
 

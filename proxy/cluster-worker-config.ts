@@ -4,7 +4,7 @@
  * forked after the file was saved (a replacement, after a crash or a hung
  * start) read the file itself, and so took every restart-only setting the
  * file changed while the primary and the other workers kept the running ones
- * (serving/source.ts RESTART_ONLY): a key server the file named for after a
+ * (serving/restart-only.ts RESTART_ONLY): a key server the file named for after a
  * planned restart, which held none of the served keys, failed that worker's
  * handshakes. The running configuration is resolved and frozen (paths
  * absolute), so it is written as it is; the file is the primary's, mode 0600

@@ -5,7 +5,7 @@
  */
 import type { ChallengeAnswers } from './acme/challenges.js';
 import type { ProxyMetrics } from './metrics.js';
-import type { NextServing } from './serving/source.js';
+import type { NextServing } from './serving/next-serving.js';
 import type { ServingDelta } from './serving/spec.js';
 import type { ServingState } from './serving/state.js';
 import type { KeySource } from './tls/key-source.js';

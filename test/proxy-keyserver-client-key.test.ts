@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { KeyedgeError } from '../keyserver/shared/errors.js';
-import { unverifiedStartWarning } from '../proxy/serving/source.js';
+import { unverifiedStartWarning } from '../proxy/serving/keyserver-check.js';
 import { CLI } from './helpers/basics.js';
 import { createCa, issue } from './helpers/pki.js';
 import { freePort } from './helpers/proxy-lab.js';

@@ -61,7 +61,7 @@ function write(storeDir: string, entry: string, issued: Issued): void {
 /**
  * `keyedge proxy` on its own store and state directory, which outlive it (the next start with the same name finds them).
  * `workers`: 1 for a run that only serves and writes the log of last served versions for the next start (the primary
- * keeps that log and computes the fallback, serving/source.ts and prepare.ts): a worker less to start, some 1 s of CPU.
+ * keeps that log and computes the fallback, serving/next-start.ts and prepare.ts): a worker less to start, some 1 s of CPU.
  * A start whose fallback is judged has two, so that `served` sees both workers serve the same version.
  */
 async function start(name: string, workers = 2): Promise<ClusterProxy> {
@@ -390,7 +390,7 @@ describe.skipIf(!canMount)('the log of last served versions in a state directory
     try {
       const storeDir = storeOf('readonly');
       write(storeDir, 'a', await leaf('a.lab.test'));
-      // One worker: the log is the primary's to write (serving/source.ts).
+      // One worker: the log is the primary's to write (serving/next-start.ts).
       const proxy = await startClusterProxy(lab, 'readonly', (p) =>
         storeProxyConfig(lab, p, { workers: 1, stateDir: state, certStore: { dir: p.storeDir, rescanSeconds: 3600 } }),
       );

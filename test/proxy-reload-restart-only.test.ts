@@ -9,7 +9,7 @@ import { type ClusterPorts, type ClusterProxy, startClusterProxy, storeProxyConf
 import { type KeylessLab, startKeylessLab } from './helpers/proxy-lab.js';
 import { type Issued, issueCa, issueForPublicKey, type TestCa } from './helpers/pki.js';
 
-// A reload while the config file names restart-only settings the running proxy does not use (serving/source.ts
+// A reload while the config file names restart-only settings the running proxy does not use (serving/restart-only.ts
 // RESTART_ONLY). The operator saves the file ahead of a planned restart, and the file's watch reloads on the save
 // alone. The proxy said the settings take effect only after a restart, yet that reload used them: it checked
 // certificates against the key server the file named, while the workers signed through the running one (a renewal

@@ -9,7 +9,7 @@ import { type RunningWorker, startProxyWorker } from '../proxy/worker.js';
 import { sleep } from './helpers/basics.js';
 import { waitFor } from './helpers/proxy-cluster.js';
 import { startKeylessLab, type KeylessLab } from './helpers/proxy-lab.js';
-import { acceptFor, type ClientSocket, encodeFrame, openWebSocket, TEXT } from './helpers/websocket.js';
+import { acceptFor, type ClientSocket, encodeFrame, openWebSocket, TEXT, upgradeRequest } from './helpers/websocket.js';
 
 // Tunnels count against limits.originMaxConnections with the requests (nginx's max_conns counts an upgraded
 // connection as active): each holds its place at the origin's gate until its origin connection closes, one of the
@@ -88,21 +88,7 @@ async function tunnel(path = '/'): Promise<ClientSocket> {
 
 /** An upgrade request whose client can leave before its answer (`leave`). */
 function abandoned(path: string): { leave: () => void } {
-  const req = https.request({
-    host: '127.0.0.1',
-    port: proxy.ports[0],
-    servername: 'ws.lab.test',
-    ca,
-    path,
-    agent: false,
-    headers: {
-      host: 'ws.lab.test',
-      connection: 'Upgrade',
-      upgrade: 'websocket',
-      'sec-websocket-key': 'dGhlIHNhbXBsZSBub25jZQ==',
-      'sec-websocket-version': '13',
-    },
-  });
+  const req = https.request(upgradeRequest(proxy.ports[0]!, ca, 'ws.lab.test', path));
   req.on('error', () => undefined);
   req.end();
   return { leave: () => req.destroy() };

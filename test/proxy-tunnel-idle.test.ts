@@ -13,7 +13,7 @@ import { type RunningWorker, startProxyWorker } from '../proxy/worker.js';
 import { sleep } from './helpers/basics.js';
 import { issue } from './helpers/pki.js';
 import { startKeylessLab, type KeylessLab } from './helpers/proxy-lab.js';
-import { acceptFor, type ClientSocket, encodeFrame, openWebSocket, readFrames, TEXT } from './helpers/websocket.js';
+import { acceptFor, type ClientSocket, encodeFrame, openWebSocket, readFrames, TEXT, upgradeRequest } from './helpers/websocket.js';
 
 // A tunnel that carries no byte either way for limits.tunnelIdleTimeoutMs is closed, both sides (HAProxy's `timeout
 // tunnel`, nginx's proxy_read_timeout on a proxied WebSocket); one that carries bytes one way only is not idle. Before
@@ -121,21 +121,7 @@ function flood(socket: Duplex): void {
 function openRaw(path: string): Promise<{ socket: Duplex; head: Buffer; side: (typeof originSides)[number] }> {
   const before = originSides.length;
   return new Promise((resolve, reject) => {
-    const req = https.request({
-      host: '127.0.0.1',
-      port: proxy.ports[0],
-      servername: 'ws.lab.test',
-      ca,
-      path,
-      agent: false,
-      headers: {
-        host: 'ws.lab.test',
-        connection: 'Upgrade',
-        upgrade: 'websocket',
-        'sec-websocket-key': 'dGhlIHNhbXBsZSBub25jZQ==',
-        'sec-websocket-version': '13',
-      },
-    });
+    const req = https.request(upgradeRequest(proxy.ports[0]!, ca, 'ws.lab.test', path));
     req.on('error', reject);
     req.on('response', (res) => reject(new Error(`no upgrade: ${res.statusCode}`)));
     req.on('upgrade', (_res, socket: Duplex, head: Buffer) => {

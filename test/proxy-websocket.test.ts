@@ -10,7 +10,7 @@ import { startProxyWorker, type RunningWorker } from '../proxy/worker.js';
 import { createCa, issue, writeIssued, writePem } from './helpers/pki.js';
 import { waitFor } from './helpers/proxy-cluster.js';
 import { refusedPort, startKeylessLab, type KeylessLab } from './helpers/proxy-lab.js';
-import { acceptFor, CLOSE, type ClientSocket, encodeFrame, openWebSocket, readFrames, TEXT } from './helpers/websocket.js';
+import { acceptFor, CLOSE, type ClientSocket, encodeFrame, openWebSocket, readFrames, TEXT, upgradeRequest } from './helpers/websocket.js';
 
 // WebSocket upgrades through the proxy (RFC 6455 §4): messages both ways,
 // a close on either side closes the other (Close frames pass through, and
@@ -326,21 +326,7 @@ describe('WebSocket through the proxy', () => {
 
   it("relays an origin's refusal of the upgrade with its fields as the origin sent them, as the 101's and every answer's", async () => {
     const raw = await new Promise<string[]>((resolve, reject) => {
-      const req = https.request({
-        host: '127.0.0.1',
-        port: proxy.ports[0]!,
-        servername: 'ws.lab.test',
-        ca,
-        path: '/reject-fields',
-        agent: false,
-        headers: {
-          host: 'ws.lab.test',
-          connection: 'Upgrade',
-          upgrade: 'websocket',
-          'sec-websocket-key': 'dGhlIHNhbXBsZSBub25jZQ==',
-          'sec-websocket-version': '13',
-        },
-      });
+      const req = https.request(upgradeRequest(proxy.ports[0]!, ca, 'ws.lab.test', '/reject-fields'));
       req.on('error', reject);
       req.on('response', (res) => {
         res.resume();

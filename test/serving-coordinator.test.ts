@@ -2,7 +2,8 @@ import { describe, expect, it } from 'vitest';
 import { createLogger } from '../keyserver/shared/log.js';
 import { ConfigError } from '../keyserver/shared/errors.js';
 import { ReloadCoordinator } from '../proxy/serving/coordinator.js';
-import type { NextServing, ServingSource } from '../proxy/serving/source.js';
+import type { NextServing } from '../proxy/serving/next-serving.js';
+import type { ServingSource } from '../proxy/serving/source.js';
 import type { ServingDelta } from '../proxy/serving/spec.js';
 import { Writable } from 'node:stream';
 

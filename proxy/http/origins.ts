@@ -103,7 +103,7 @@ export class OriginPools {
   readonly admission: OriginAdmission;
   readonly bodies: RequestBodies;
   readonly sendTimeoutMs: number;
-  /** undici's bodyTimeout (and an upgrade's relayed answer's, upgrade.ts): 0 is none. */
+  /** undici's bodyTimeout (and an upgrade's relayed answer's, upgrade-relay.ts): 0 is none. */
   readonly readMs: number;
   readonly #pools = new Map<string, Pool>();
   readonly #gates = new Map<string, OriginGate>();

@@ -29,7 +29,8 @@ import { forward, type OriginPools } from './forward.js';
 import { answer, CLIENT_CLOSED_STATUS, type Domain, type HttpErrorCode, hostName, onAnswerEnd, ownAnswer, refuseFailure } from './handler.js';
 import { closeIfBodyUnread, lingerAfterEnd } from './linger.js';
 import { cutAnswer, dropAfterAnswers, queueAnswer } from './queued.js';
-import { BODY_REFUSED, CONNECT_REFUSED, refusalText } from './upgrade.js';
+import { refusalText } from './raw-answer.js';
+import { BODY_REFUSED, CONNECT_REFUSED } from './upgrade-refusals.js';
 import type { TrustedPeers } from './trusted-peers.js';
 import type { ChallengeAnswers } from '../acme/challenges.js';
 

@@ -1,5 +1,5 @@
 /**
- * An open tunnel (upgrade.ts, after the origin's 101): the client's socket and
+ * An open tunnel (upgrade-switch.ts, after the origin's 101): the client's socket and
  * the origin's relayed both ways, bytes untouched, until either side ends or
  * fails, which closes the other (neither allows half-open connections, as
  * nginx). Two bounds keep a tunnel from holding its client connection, its

@@ -15,7 +15,8 @@
  */
 import type { Logger } from '../../keyserver/shared/log.js';
 import { KeyedgeError } from '../../keyserver/shared/errors.js';
-import type { NextServing, ServingSource } from './source.js';
+import type { NextServing } from './next-serving.js';
+import type { ServingSource } from './source.js';
 import type { Refusal, ServingDelta } from './spec.js';
 
 /** `store`: the fleet's shared store (etcd) changed. */

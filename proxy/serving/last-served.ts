@@ -13,7 +13,7 @@
  * written. Each line after the header is a change since: an entry's new
  * served version (its validated chain, the names it serves, its key id and
  * input id) or its removal. A smaller store has no pack: its log has no base
- * and is written whole, every row in it. Who writes what (source.ts): a
+ * and is written whole, every row in it. Who writes what (next-start.ts): a
  * commit's delta is appended (one write and one fsync per commit); a whole
  * state written as a pack starts a new log on it; a small store's first
  * commit, and one whose log has grown past twice its rows, write it whole

@@ -19,7 +19,8 @@ import type { ProxyConfig } from '../../config/proxy-schema.js';
 import { ConfigError } from '../../keyserver/shared/errors.js';
 import type { Logger } from '../../keyserver/shared/log.js';
 import type { LiveServing } from './live.js';
-import { type NextServing, ServingSource } from './source.js';
+import type { NextServing } from './next-serving.js';
+import { ServingSource } from './source.js';
 import type { ServingDelta } from './spec.js';
 
 /**

@@ -82,6 +82,32 @@ export interface ClientSocket {
   readonly closeCode: Promise<number | undefined>;
 }
 
+/** RFC 6455 §4.1's sample nonce: a valid Sec-WebSocket-Key for a request whose 101 is not checked. */
+export const SAMPLE_KEY = 'dGhlIHNhbXBsZSBub25jZQ==';
+
+/**
+ * The options of a WebSocket opening handshake (RFC 6455 §4.1) to `host` through the proxy at `port` (TLS, trusting
+ * `ca`), for https.request: GET with Upgrade, Connection, Sec-WebSocket-Key (`key`, the sample one unless given) and
+ * Sec-WebSocket-Version 13, on a connection of its own.
+ */
+export function upgradeRequest(
+  port: number,
+  ca: string,
+  host: string,
+  path = '/',
+  options: { readonly key?: string; readonly servername?: string } = {},
+): https.RequestOptions {
+  return {
+    host: '127.0.0.1',
+    port,
+    servername: options.servername ?? host,
+    ca,
+    path,
+    agent: false,
+    headers: { host, connection: 'Upgrade', upgrade: 'websocket', 'sec-websocket-key': options.key ?? SAMPLE_KEY, 'sec-websocket-version': '13' },
+  };
+}
+
 /**
  * Opens a WebSocket to `host` through the proxy at `port`. Resolves with the
  * socket after a valid 101, or with the status and body of any other answer.
@@ -95,15 +121,7 @@ export function openWebSocket(
 ): Promise<ClientSocket | { status: number; headers: IncomingMessage['headers']; body: string }> {
   const key = randomBytes(16).toString('base64');
   return new Promise((resolve, reject) => {
-    const req = https.request({
-      host: '127.0.0.1',
-      port,
-      servername,
-      ca,
-      path,
-      agent: false,
-      headers: { host, connection: 'Upgrade', upgrade: 'websocket', 'sec-websocket-key': key, 'sec-websocket-version': '13' },
-    });
+    const req = https.request(upgradeRequest(port, ca, host, path, { key, servername }));
     req.on('error', reject);
     req.on('response', (res) => {
       let body = '';
