@@ -29,6 +29,20 @@ function reported(res: http.ServerResponse): (report: ReloadReport) => void {
   return (report) => json(res, report.error === undefined ? 200 : 409, report);
 }
 
+/**
+ * The report of the reload that follows a change already written to the store (an upload, a route stored or removed): 200 when
+ * it serves; 202 when it is stored but what served before serves on (the reload refused whole, as for a config file
+ * that no longer loads, applied in part, or the uploaded entry itself refused), and it serves from the next reload
+ * that takes it (RFC 9110 §15.3.3). Never 409, which says nothing was written: a client retrying on it would upload
+ * again what is already there. `entry`: the uploaded certificate, whose own refusal is not a success either.
+ */
+function stored(res: http.ServerResponse, entry?: string): (report: ReloadReport) => void {
+  return (report) => {
+    const serves = report.error === undefined && !report.refused.some((refusal) => refusal.name === entry);
+    json(res, serves ? 200 : 202, report);
+  };
+}
+
 /** PUT /routes/:name (fleet only): the body is the route, a `domains[]` entry; `name` as in the path. */
 export function answerPutRoute(req: http.IncomingMessage, res: http.ServerResponse, putRoute: NonNullable<AdminControl['putRoute']>, name: string): void {
   readBody(req, MAX_UPLOAD_BYTES).then((body) => {
@@ -39,14 +53,14 @@ export function answerPutRoute(req: http.IncomingMessage, res: http.ServerRespon
     } catch {
       return json(res, 422, { error: { code: 'KEYEDGE_ERR_CONFIG', message: 'the route is not valid JSON' } });
     }
-    putRoute(entryName(name) ?? '', parsed).then(reported(res), failed(res));
+    putRoute(entryName(name) ?? '', parsed).then(stored(res), failed(res));
   });
 }
 
 /** DELETE /routes/:name (fleet only): 404 when the store holds no such route. */
 export function answerDeleteRoute(res: http.ServerResponse, deleteRoute: NonNullable<AdminControl['deleteRoute']>, name: string): void {
   deleteRoute(entryName(name) ?? '').then(
-    (report) => (report === undefined ? json(res, 404, { error: { message: 'no such route in the store' } }) : reported(res)(report)),
+    (report) => (report === undefined ? json(res, 404, { error: { message: 'no such route in the store' } }) : stored(res)(report)),
     failed(res),
   );
 }
@@ -83,7 +97,7 @@ export function answerUpload(req: http.IncomingMessage, res: http.ServerResponse
   }
   readBody(req, MAX_UPLOAD_BYTES).then((body) => {
     if (typeof body !== 'string') return tooLarge(res, body.close);
-    control.putCertificate(name, body).then(reported(res), failed(res));
+    control.putCertificate(name, body).then(stored(res, name), failed(res));
   });
 }
 

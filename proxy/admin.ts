@@ -20,6 +20,8 @@
  *   POST /reload, POST /certs/reload   reload the config file and the store
  *   PUT /certs/:name                   a PEM chain for a store entry: validated,
  *                                      then written to the store and reloaded
+ *                                      (200 once it serves; 202 when stored but
+ *                                      the reload kept what served before)
  *   POST /tickets/rotate               a new session-ticket key; answers once
  *                                      every worker encrypts with it (never a key);
  *                                      in a fleet, for every node

@@ -30,7 +30,17 @@ beforeAll(async () => {
       calls.push(what(...args.map((a) => (Array.isArray(a) ? a.join() : String(a)))));
       return value;
     };
-  const report = {} as ReloadReport;
+  const report: ReloadReport = {
+    trigger: 'admin',
+    result: 'ok',
+    generation: 1,
+    changed: [],
+    removed: [],
+    refused: [],
+    warnings: [],
+    restartNeeded: [],
+    durationMs: 0,
+  };
   const control: AdminControl = {
     tokenFile,
     reload: record(() => 'reload', report),

@@ -16,6 +16,7 @@ import {
   renameSync,
   rmSync,
   symlinkSync,
+  writeFileSync,
 } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -118,6 +119,25 @@ describe('admin API: names, body limit, auth scheme', () => {
   it('a valid name still stores the chain', async () => {
     const answer = await adminRequest('PUT', '/certs/uploaded', { body: Buffer.from(chainPem) });
     expect(answer.status, answer.body).toBe(200);
+  });
+
+  it('an upload stored while the config file no longer loads is 202 with the reload refused, not 409 (which says nothing was written); it serves from the next reload that takes it', async () => {
+    const good = readFileSync(proxy.configFile, 'utf8');
+    const late = await lab.certificate('late', lab.keys.ec, ['late.lab.test']);
+    try {
+      // Half an edit: the upload's own reload reads the file, refuses it whole, and what served before serves on.
+      writeFileSync(proxy.configFile, good.slice(0, Math.floor(good.length / 2)));
+      const answer = await adminRequest('PUT', '/certs/late', { body: readFileSync(late.file) });
+      expect(answer.status, answer.body).toBe(202);
+      expect(JSON.parse(answer.body)).toMatchObject({ result: 'refused', error: { code: 'KEYEDGE_ERR_CONFIG' } });
+      expect(existsSync(join(proxy.storeDir, 'late.pem'))).toBe(true);
+    } finally {
+      writeFileSync(proxy.configFile, good);
+    }
+    const reload = await adminRequest('POST', '/reload');
+    expect(reload.status, reload.body).toBe(200);
+    const listed = (JSON.parse((await adminRequest('GET', '/certs')).body) as { certificates: { name: string; serial: string }[] }).certificates;
+    expect(listed.find((c) => c.name === 'late')).toMatchObject({ serial: late.leaf.cert.serialNumber });
   });
 
   it('takes concurrent uploads of one new entry in turn: the first adds it, pinning its names; the others are judged against them', async () => {
