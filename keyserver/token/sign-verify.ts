@@ -8,9 +8,9 @@
  * reason; a token or an HSM is not trusted to. Verifying costs the public exponent's few multiplications (tens of µs,
  * bench/results/2026-12-07-sign-verify.md) against a sign's private exponentiation.
  *
- * ECDSA is not checked: its verify costs more than its sign (1.9 × on P-256 with node:crypto), and the faults that
- * leak an ECDSA key (biased or repeated nonces) give signatures that verify, so a check would not catch them (same
- * file).
+ * ECDSA is not checked: its verify costs more than its sign (2.1 × on P-256 with node:crypto), no single wrong
+ * ECDSA signature gives the key when nonces are random, and the commonest ECDSA leaks (biased or repeated nonces)
+ * come from signatures that verify anyway; the faults a check would catch are an accepted risk (same file).
  *
  * What is checked is what a peer checks, exactly: RSAVP1 then the encoding, with the public key from the key's SPKI
  * (keys.ts: its modulus and public exponent), for PKCS#1 v1.5 the whole EM compared with the one built from the
