@@ -20,6 +20,7 @@ export const ERROR_CODES = {
   KEYEDGE_ERR_TOKEN_LOGIN: 'the token refused the PIN',
   KEYEDGE_ERR_TOKEN_PIN: 'the PIN env variable is unset, or the PIN file is unreadable or empty',
   KEYEDGE_ERR_TOKEN_OPERATION: 'a PKCS#11 call failed',
+  KEYEDGE_ERR_TOKEN_SIGNATURE: "the token gave back an RSA signature that does not verify with the key's public key: not sent",
   KEYEDGE_ERR_KEY_NOT_FOUND: 'no key with that label or key id',
   KEYEDGE_ERR_KEY_EXISTS: 'the label is taken, or the key is already in the token',
   KEYEDGE_ERR_KEY_UNSUPPORTED: 'key type or size not supported',

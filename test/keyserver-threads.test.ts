@@ -14,7 +14,8 @@
  * `info-fail` makes its C_GetTokenInfo fail (the token check of a token
  * re-created), `thread-init-hang` holds a signing thread's C_Initialize (its
  * start), `thread-init-slow` makes it SLOW_START_MS long, `sign-empty` makes every C_Sign give back an empty
- * signature (a broken token). The last cases start key servers of their own, since a hang
+ * signature (a broken token), `sign-flip` flips one bit in the middle of every signature C_Sign gives back (a
+ * faulty token or HSM, as a wrong RSA-CRT half would). The last cases start key servers of their own, since a hang
  * on the event loop, or one that holds a reopen, ends the process.
  */
 import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
@@ -68,6 +69,7 @@ Module._load = function (request, ...rest) {
       if (existsSync(join(dir, 'inline-hang'))) require('node:fs').openSync(join(dir, 'hang-fifo'), 'r');
       // The native C_Sign gives the signature's length; pkcs11js's wrapper cuts its output buffer to it.
       const length = sign.apply(this, args);
+      if (existsSync(join(dir, 'sign-flip'))) args[2][length >> 1] ^= 0x01;
       return existsSync(join(dir, 'sign-empty')) ? 0 : length;
     };
   } else if (!proto.injected) {
@@ -83,6 +85,7 @@ Module._load = function (request, ...rest) {
       if (existsSync(join(dir, 'thread-hang'))) require('node:fs').openSync(join(dir, 'hang-fifo'), 'r');
       // The native C_Sign gives the signature's length; pkcs11js's wrapper cuts its output buffer to it.
       const length = sign.apply(this, args);
+      if (existsSync(join(dir, 'sign-flip'))) args[2][length >> 1] ^= 0x01;
       return existsSync(join(dir, 'sign-empty')) ? 0 : length;
     };
   }
@@ -229,11 +232,33 @@ it('a token that gives back an empty signature, inline or on a thread: each sign
     const answers = await Promise.allSettled(messages.map((m) => client.sign(key.keyId, Algorithm.RSA_PSS_SHA256, digestOf(Algorithm.RSA_PSS_SHA256, m))));
     for (const answer of answers) {
       expect(answer.status).toBe('rejected');
-      expect(String((answer as PromiseRejectedResult).reason)).toMatch(/SIGN_FAILED.*0-byte signature/);
+      // An RSA signature is checked before the answer's bound (sign-verify.ts): an empty one is refused as one of the wrong length.
+      expect(String((answer as PromiseRejectedResult).reason)).toMatch(/SIGN_FAILED.*did not verify; not sent/);
     }
   } finally {
     fault('sign-empty', false);
   }
+  await burst();
+  expect(child.exitCode).toBeNull();
+});
+
+it('a token that flips a bit of each RSA signature, inline or on a thread: none is sent, each sign refused SIGN_FAILED and counted', async () => {
+  // Before: each was sent as the token gave it, a signature that does not verify (a wrong RSA-CRT one gives the key away).
+  const refused = (): Promise<number> => metricValue({ adminPort }, 'keyedge_keyserver_signatures_refused_total', { algorithm: 'RSA_PSS_SHA256' });
+  const before = await refused();
+  fault('sign-flip', true);
+  try {
+    const messages = Array.from({ length: 200 }, () => randomBytes(40));
+    const answers = await Promise.allSettled(messages.map((m) => client.sign(key.keyId, Algorithm.RSA_PSS_SHA256, digestOf(Algorithm.RSA_PSS_SHA256, m))));
+    expect(answers.filter((answer) => answer.status === 'fulfilled').length, 'signatures sent').toBe(0);
+    for (const answer of answers) expect(String((answer as PromiseRejectedResult).reason)).toMatch(/SIGN_FAILED.*did not verify; not sent/);
+  } finally {
+    fault('sign-flip', false);
+  }
+  expect((await refused()) - before).toBe(200);
+  const lines = logLines(/^the token gave back a signature that does not verify with the key's public key/);
+  expect(lines.length).toBeGreaterThan(0);
+  expect(lines[0]).toMatchObject({ level: 50, keyId: key.keyId, algorithm: 'RSA_PSS_SHA256' });
   await burst();
   expect(child.exitCode).toBeNull();
 });

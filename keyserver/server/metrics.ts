@@ -4,7 +4,7 @@
  * Labels are bounded by construction: op and algorithm come from the protocol's
  * fixed tables, result from its error-code names, transport is unix|tls,
  * reason from DROP_REASONS (connections) or closed|deadline (signs), result
- * opened|failed (token reopens). Key
+ * opened|failed (token reopens), algorithm the RSA ones (signatures refused). Key
  * ids, client names and peer addresses are never labels (per-key usage goes to
  * the periodic log line instead).
  *
@@ -19,7 +19,7 @@
  * What a scrape shows is the same either way.
  */
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
-import type { AlgorithmInfo } from '../protocol/constants.js';
+import { ALGORITHMS, type AlgorithmInfo } from '../protocol/constants.js';
 
 const PREFIX = 'keyedge_keyserver_';
 
@@ -146,6 +146,15 @@ export class KeyserverMetrics {
     registers: [this.registry],
   });
 
+  readonly signaturesRefused = new Counter<'algorithm'>({
+    name: `${PREFIX}signatures_refused_total`,
+    help:
+      "RSA signatures the token gave back that did not verify with the key's public key (a faulty token or HSM), by algorithm: " +
+      'not sent (a wrong RSA-CRT signature gives the key away), the request answered SIGN_FAILED; logged at error level per key, rate-limited.',
+    labelNames: ['algorithm'] as const,
+    registers: [this.registry],
+  });
+
   readonly tokenReopens = new Counter<'result'>({
     name: `${PREFIX}token_reopens_total`,
     help:
@@ -180,6 +189,8 @@ export class KeyserverMetrics {
     // Every reason exported from the start at 0, so a rate() over it has a baseline.
     for (const reason of DROP_REASONS) this.connectionsDropped.inc({ reason }, 0);
     for (const result of ['opened', 'failed'] as const) this.tokenReopens.inc({ result }, 0);
+    // The algorithms whose signatures are checked (sign-verify.ts: RSA only).
+    for (const info of ALGORITHMS) if (info.scheme !== 'ecdsa') this.signaturesRefused.inc({ algorithm: info.name }, 0);
   }
 
   /** Where `keys` and `sign_threads_up` read the token's keys and signing threads up at each scrape. */

@@ -18,6 +18,14 @@
  * reason: `closed` (its `signal` aborted: the connection closed; its answer
  * goes nowhere) or `deadline` (it waited past its deadline; answered
  * DEADLINE_EXCEEDED, usually by the timer already).
+ *
+ * An RSA signature that did not verify with the key's public key (checked
+ * where it was made, sign-verify.ts) is never sent: the request is answered
+ * SIGN_FAILED (a token fault: another key server may sign it), counted in
+ * `signatures_refused_total` by algorithm, and logged at error level through
+ * the limiter keyed by the key id, with the key id and the reason, never the
+ * signature's bytes. Counted and logged also when the client was already
+ * answered DEADLINE_EXCEEDED: the token is faulty either way.
  */
 import type { Logger } from '../shared/log.js';
 import { type AlgorithmInfo, ErrorCode, type ErrorCodeName, MAX_SIGNATURE_BYTES, algorithmInfo } from '../protocol/constants.js';
@@ -26,6 +34,7 @@ import type { TokenKey } from '../token/keys.js';
 import { ecdsaRawToDer } from '../token/ecdsa-der.js';
 import { droppedUnsent, skippedPastDeadline } from '../token/sign-workers.js';
 import { pssFitsKey, schemeFitsKey } from '../token/sign.js';
+import { isSignatureRefused } from '../token/sign-verify.js';
 import { ckrName } from '../token/token.js';
 import { type ClientIdentity, mayUseKey } from './authz.js';
 import { type TokenParts, tokenLost } from './live-token.js';
@@ -163,7 +172,11 @@ export class SigningService {
           const dropped = droppedUnsent(err);
           // Counted whether or not the timer answered first: the sign was dropped unsigned either way.
           if (dropped !== undefined) this.#options.metrics.signsDropped.inc({ reason: dropped });
-          if (answered) return;
+          if (answered) {
+            // Too late for the client, but the token gave back a bad signature all the same.
+            if (isSignatureRefused(err)) this.#signatureRefused(request, client, key, err);
+            return;
+          }
           clearTimeout(timer);
           if (dropped === 'closed') {
             // Nobody is left to answer: counted, not logged (a client can close at will).
@@ -205,6 +218,11 @@ export class SigningService {
   }
 
   #signFailed(request: SignRequestOf, client: ClientIdentity, parts: Pick<TokenParts, 'keys'>, key: TokenKey, err: unknown, started: number): Response {
+    if (isSignatureRefused(err)) {
+      this.#signatureRefused(request, client, key, err);
+      this.#durationChild(algorithmName(request)).observe((performance.now() - started) / 1000);
+      return this.#refuse(request, client, 'SIGN_FAILED', `the token's signature with ${key.keyId} did not verify; not sent`, undefined, true);
+    }
     const reason = ckrName(err);
     // A key deleted from the token since the last scan: look again next time.
     if (/^CKR_(KEY_HANDLE_INVALID|OBJECT_HANDLE_INVALID)/.test(reason)) parts.keys.invalidate();
@@ -212,6 +230,24 @@ export class SigningService {
     else if (tokenLost(reason)) this.#options.token.suspect(reason, true);
     this.#durationChild(algorithmName(request)).observe((performance.now() - started) / 1000);
     return this.#refuse(request, client, 'SIGN_FAILED', `token refused to sign with ${key.keyId}: ${reason}`, err);
+  }
+
+  /**
+   * The token gave back an RSA signature that does not verify: counted, and logged at error level at most the
+   * limiter's burst per key id (bounded by the keys in the token), since every sign with that key may do it again.
+   * The error's message names the reason (length, range, mismatch), never bytes.
+   */
+  #signatureRefused(request: SignRequestOf, client: ClientIdentity, key: TokenKey, err: unknown): void {
+    const algorithm = algorithmName(request);
+    this.#options.metrics.signaturesRefused.inc({ algorithm });
+    const fields = { keyId: key.keyId, algorithm, client: client.name, transport: client.transport, reason: (err as Error).message };
+    this.#options.limiter.write(
+      this.#options.log,
+      'error',
+      `signature_refused:${key.keyId}`,
+      fields,
+      "the token gave back a signature that does not verify with the key's public key: not sent, answered SIGN_FAILED (a faulty token or HSM: take it out of service)",
+    );
   }
 
   #countUse(key: TokenKey): void {

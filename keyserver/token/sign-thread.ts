@@ -24,6 +24,10 @@
  * back, nor overtaken: a sign queued now waits behind up to WINDOW batches on
  * the thread that takes it, so they are kept small.
  *
+ * An RSA signature is checked against the key's public key on the thread, right after C_Sign (sign-verify.ts), so
+ * the event loop spends nothing on it: one that does not verify comes back as `refused` with the reason, never its
+ * bytes.
+ *
  * Contract: `started` resolves once the first start is over, up or failed;
  * `up` says whether jobs may be sent; `inToken()` how many signs were sent
  * and not answered, how long the thread has been on its current batch, and
@@ -39,6 +43,7 @@
 import { Worker } from 'node:worker_threads';
 import type pkcs11js from 'pkcs11js';
 import type { Logger } from '../shared/log.js';
+import { CHECK_SOURCE, type RefusalReason, type VerifySpec } from './sign-verify.js';
 import type { Token } from './token.js';
 
 /** A failed thread is started again after this long, doubling on each failure in a row... */
@@ -62,6 +67,8 @@ export interface Job {
   readonly mechanism: pkcs11js.Mechanism;
   readonly input: Buffer;
   readonly outputBytes: number;
+  /** RSA: what the signature is checked against before it is answered (sign-verify.ts). */
+  readonly verify: VerifySpec | undefined;
   readonly deadline: number;
 }
 
@@ -75,7 +82,11 @@ const STARTING = 'C_Initialize';
 /** A job's error when the worker skipped it, its deadline already past. */
 export const DEADLINE_SKIPPED = 'deadline';
 
-export type JobResult = { readonly id: number; readonly signature: Uint8Array } | { readonly id: number; readonly error: string };
+export type JobResult =
+  | { readonly id: number; readonly signature: Uint8Array }
+  | { readonly id: number; readonly error: string }
+  /** The token signed, and the signature did not verify: the bytes stay on the thread. */
+  | { readonly id: number; readonly refused: RefusalReason };
 
 /** The worker's whole program: CommonJS, so it runs the same from sources (tests) and from dist/. */
 const WORKER_SOURCE = `
@@ -91,6 +102,7 @@ try {
 parentPort.postMessage('${THREAD_UP}');
 const session = Buffer.from(workerData.session);
 const calling = new Int32Array(workerData.calling);
+const checkSignature = (${CHECK_SOURCE})(require('node:crypto'));
 parentPort.on('message', (jobs) => {
   const results = [];
   for (const job of jobs) {
@@ -102,8 +114,11 @@ parentPort.on('message', (jobs) => {
       Atomics.store(calling, 0, ${SIGN_INIT});
       pkcs11.C_SignInit(session, job.mechanism, Buffer.from(job.key));
       Atomics.store(calling, 0, ${SIGN});
-      const signature = pkcs11.C_Sign(session, Buffer.from(job.input), Buffer.allocUnsafe(job.outputBytes));
-      results.push({ id: job.id, signature });
+      const input = Buffer.from(job.input);
+      const signature = pkcs11.C_Sign(session, input, Buffer.allocUnsafe(job.outputBytes));
+      Atomics.store(calling, 0, 0);
+      const refused = job.verify === undefined ? undefined : checkSignature(job.verify, input, signature);
+      results.push(refused === undefined ? { id: job.id, signature } : { id: job.id, refused });
     } catch (err) {
       results.push({ id: job.id, error: String(err.message).split('\\n')[0] });
     } finally {

@@ -64,9 +64,14 @@
  * resolves once every thread has loaded or failed its first start, so the
  * server says it is ready when the threads are.
  *
+ * An RSA signature is checked against the key's public key where it was made,
+ * on its thread or inline (sign-verify.ts), before `sign()` gives it back.
+ *
  * Contract: `sign()` returns the raw signature (signed inline) or a promise of
  * it (signed on a thread); either way a failure is a TokenError with the
- * token's CKR_ reason (thrown, or a rejection). A request whose deadline
+ * token's CKR_ reason (thrown, or a rejection), or, for an RSA signature that
+ * does not verify, KEYEDGE_ERR_TOKEN_SIGNATURE (sign-verify.ts
+ * `isSignatureRefused`). A request whose deadline
  * passed before a worker got to it is skipped (rejects with 'deadline') and
  * costs the token nothing. One
  * request runs at a time per worker. `close()` waits for what was sent, then
@@ -81,7 +86,8 @@ import type pkcs11js from 'pkcs11js';
 import { TokenError } from '../shared/errors.js';
 import type { Logger } from '../shared/log.js';
 import type { TokenKey } from './keys.js';
-import { signPlan, type SignRequest } from './sign.js';
+import { checkSigned, signPlan, type SignRequest } from './sign.js';
+import { signatureRefused } from './sign-verify.js';
 import { SessionKeys } from './session-keys.js';
 import { BATCH_MAX, DEADLINE_SKIPPED, type Job, type JobResult, SignThread, type ThreadOwner } from './sign-thread.js';
 import { FairQueue } from './sign-queue.js';
@@ -267,9 +273,9 @@ export class SigningWorkers {
       // Every thread up is stuck in the token: the loop must not be next.
       if (stuck) throw new TokenError('KEYEDGE_ERR_TOKEN_OPERATION', NOT_ANSWERING);
       // No thread up: the loop signs, over budget or not, rather than refuse what the token can do.
-      return this.#signInline(handle, plan.mechanism, plan.input, plan.outputBytes, now);
+      return this.#signInline({ key: handle, ...plan }, now);
     }
-    const job = { id: ++this.#nextId, key: handle, mechanism: plan.mechanism, input: plan.input, outputBytes: plan.outputBytes, deadline };
+    const job = { id: ++this.#nextId, key: handle, mechanism: plan.mechanism, input: plan.input, outputBytes: plan.outputBytes, verify: plan.verify, deadline };
     return new Promise((resolve, reject) => {
       const pending: Pending = { job, lane: undefined, signal, resolve, reject };
       this.#pending.set(job.id, pending);
@@ -292,13 +298,19 @@ export class SigningWorkers {
     return this.#inlineBudgetMs > 0;
   }
 
-  #signInline(handle: pkcs11js.Handle, mechanism: pkcs11js.Mechanism, input: Buffer, outputBytes: number, started: number): Buffer {
+  /** Signs on the event loop, the check of an RSA signature included (and charged to the inline budget with the sign). */
+  #signInline(job: Pick<Job, 'key' | 'mechanism' | 'input' | 'outputBytes' | 'verify'>, started: number): Buffer {
     const pkcs11 = this.#token.pkcs11;
     try {
-      pkcs11.C_SignInit(this.#inlineSession, mechanism, handle);
-      return pkcs11.C_Sign(this.#inlineSession, input, Buffer.allocUnsafe(outputBytes));
-    } catch (err) {
-      throw new TokenError('KEYEDGE_ERR_TOKEN_OPERATION', (err as Error).message.split('\n')[0] ?? 'C_Sign failed');
+      let signature: Buffer;
+      try {
+        pkcs11.C_SignInit(this.#inlineSession, job.mechanism, job.key);
+        signature = pkcs11.C_Sign(this.#inlineSession, job.input, Buffer.allocUnsafe(job.outputBytes));
+      } catch (err) {
+        throw new TokenError('KEYEDGE_ERR_TOKEN_OPERATION', (err as Error).message.split('\n')[0] ?? 'C_Sign failed');
+      }
+      checkSigned(job, signature);
+      return signature;
     } finally {
       this.#inlineBudgetMs -= performance.now() - started;
     }
@@ -355,7 +367,7 @@ export class SigningWorkers {
     this.#pending.delete(job.id);
     if (this.#watch.anyStuck) return pending.reject(new TokenError('KEYEDGE_ERR_TOKEN_OPERATION', NOT_ANSWERING));
     try {
-      pending.resolve(this.#signInline(job.key, job.mechanism, job.input, job.outputBytes, performance.now()));
+      pending.resolve(this.#signInline(job, performance.now()));
     } catch (err) {
       pending.reject(err as Error);
     }
@@ -425,6 +437,7 @@ export class SigningWorkers {
       if (pending === undefined) continue;
       this.#pending.delete(result.id);
       if ('signature' in result) pending.resolve(Buffer.from(result.signature.buffer, result.signature.byteOffset, result.signature.byteLength));
+      else if ('refused' in result) pending.reject(signatureRefused(result.refused));
       else pending.reject(new TokenError('KEYEDGE_ERR_TOKEN_OPERATION', result.error));
     }
     this.#drainedCheck();

@@ -13,6 +13,7 @@ import pkcs11js from 'pkcs11js';
 import { KeyError } from '../shared/errors.js';
 import type { HashName, SignatureScheme } from '../protocol/constants.js';
 import type { TokenKey } from './keys.js';
+import { checkSignature, signatureRefused, type VerifySpec } from './sign-verify.js';
 
 const HASH = {
   sha256: { bytes: 32, ckm: pkcs11js.CKM_SHA256, mgf: pkcs11js.CKG_MGF1_SHA256 },
@@ -47,11 +48,15 @@ export function pssFitsKey(hash: HashName, key: Pick<TokenKey, 'bits'>): boolean
   return Math.ceil((key.bits - 1) / 8) >= 2 * HASH[hash].bytes + 2;
 }
 
-/** What the token is asked to do for one signature: mechanism, input, and the size of the answer. */
+/**
+ * What the token is asked to do for one signature: mechanism, input, and the size of the answer; for RSA, what its
+ * answer is checked against before it is used (sign-verify.ts; ECDSA is not checked, see there).
+ */
 export interface SignPlan {
   readonly mechanism: pkcs11js.Mechanism;
   readonly input: Buffer;
   readonly outputBytes: number;
+  readonly verify: VerifySpec | undefined;
 }
 
 /**
@@ -68,23 +73,41 @@ export function signPlan(key: TokenKey, request: SignRequest): SignPlan {
     throw new KeyError('KEYEDGE_ERR_KEY_UNSUPPORTED', `${request.scheme} cannot be used with an ${key.kind} key`);
   }
   if (request.scheme === 'ecdsa') {
-    return { mechanism: { mechanism: pkcs11js.CKM_ECDSA }, input: request.digest, outputBytes: 2 * Math.ceil(key.bits / 8) };
+    return { mechanism: { mechanism: pkcs11js.CKM_ECDSA }, input: request.digest, outputBytes: 2 * Math.ceil(key.bits / 8), verify: undefined };
   }
   if (request.scheme === 'rsa-pkcs1') {
     return {
       mechanism: { mechanism: pkcs11js.CKM_RSA_PKCS },
       input: Buffer.concat([DIGEST_INFO_PREFIX[request.hash], request.digest]),
       outputBytes: Math.ceil(key.bits / 8),
+      verify: { keyId: key.keyId, spki: key.spki, scheme: 'rsa-pkcs1', hash: request.hash },
     };
   }
   // Salt as long as the hash, MGF1 with the same hash: RFC 8446 §4.2.3.
   const parameter: pkcs11js.RsaPSS = { type: pkcs11js.CK_PARAMS_RSA_PSS, hashAlg: hash.ckm, mgf: hash.mgf, saltLen: hash.bytes };
-  return { mechanism: { mechanism: pkcs11js.CKM_RSA_PKCS_PSS, parameter }, input: request.digest, outputBytes: Math.ceil(key.bits / 8) };
+  return {
+    mechanism: { mechanism: pkcs11js.CKM_RSA_PKCS_PSS, parameter },
+    input: request.digest,
+    outputBytes: Math.ceil(key.bits / 8),
+    verify: { keyId: key.keyId, spki: key.spki, scheme: 'rsa-pss', hash: request.hash },
+  };
 }
 
-/** Signs on `session`, which the caller owns for the duration (management paths such as CSRs). */
+/** Throws if the token's answer to `plan` is an RSA signature that does not verify (sign-verify.ts): it must not be used. */
+export function checkSigned(plan: SignPlan, signature: Uint8Array): void {
+  if (plan.verify === undefined) return;
+  const refused = checkSignature(plan.verify, plan.input, signature);
+  if (refused !== undefined) throw signatureRefused(refused);
+}
+
+/**
+ * Signs on `session`, which the caller owns for the duration (management paths such as CSRs). An RSA signature is
+ * checked as the key server's are: a CSR goes to a CA, which sees its signature as a TLS peer would.
+ */
 export async function signDigest(pkcs11: pkcs11js.PKCS11, session: pkcs11js.Handle, key: TokenKey, request: SignRequest): Promise<Buffer> {
   const plan = signPlan(key, request);
   pkcs11.C_SignInit(session, plan.mechanism, key.privateHandle);
-  return pkcs11.C_SignAsync(session, plan.input, Buffer.allocUnsafe(plan.outputBytes));
+  const signature = await pkcs11.C_SignAsync(session, plan.input, Buffer.allocUnsafe(plan.outputBytes));
+  checkSigned(plan, signature);
+  return signature;
 }
