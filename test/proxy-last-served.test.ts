@@ -287,6 +287,8 @@ describe('the log of last served versions and a worker started during a large re
           return (await fetch(`http://127.0.0.1:${first.adminPort}/readyz`)).status === 200 ? true : undefined;
         },
         30_000,
+        // Each check is a pgrep run: every 200 ms while the replacement waits out the restart pause and starts (seconds).
+        200,
       );
       // The race this case is about: the replacement started before the reload was committed.
       expect(reloaded).toBe(false);
