@@ -33,6 +33,13 @@ const EDGE = 'edge.keyedge.test';
 const ASK_PASSWORD = 'ask-pw-7Hq2x';
 const ASK_TOKEN = 'ask-tok-Vw93p';
 let acmeLab: AcmeLab;
+/**
+ * Polls of what costs processes: a curl is a process start and a handshake (a key server signature) in the proxy, every
+ * 250 ms rather than waitFor's 25 ms while an order runs for seconds; a /metrics scrape has the primary ask each worker
+ * for its registry, every 200 ms. What they wait for is bounded by their timeouts, not by how soon it is seen.
+ */
+const CURL_POLL_MS = 250;
+const SCRAPE_POLL_MS = 200;
 
 beforeAll(async () => {
   acmeLab = await startAcmeLab();
@@ -96,6 +103,7 @@ describe('on-demand issuance', () => {
         return got.code === 0 ? got : undefined;
       },
       60_000,
+      CURL_POLL_MS,
     );
     expect(Date.now() - started).toBeLessThan(60_000);
     expect(pebble.orders()).toBe(1);
@@ -118,6 +126,7 @@ describe('on-demand issuance', () => {
           return got.code === 0 ? got : undefined;
         },
         60_000,
+        CURL_POLL_MS,
       );
     }
     expect(pebble.orders()).toBe(before + 2);
@@ -169,10 +178,15 @@ describe('on-demand issuance', () => {
     await sleep(2_000);
     for (const name of Object.values(refused)) expect(asked.get(name), name).toBeUndefined();
     for (const reason of Object.keys(refused)) {
-      await waitFor(`an ignored name counted as ${reason}`, async () => {
-        const metrics = await (await fetch(`http://127.0.0.1:${proxy.adminPort}/metrics`)).text();
-        return new RegExp(`keyedge_proxy_acme_on_demand_total\\{outcome="ignored",reason="${reason}"\\} [1-9]`).test(metrics) ? true : undefined;
-      });
+      await waitFor(
+        `an ignored name counted as ${reason}`,
+        async () => {
+          const metrics = await (await fetch(`http://127.0.0.1:${proxy.adminPort}/metrics`)).text();
+          return new RegExp(`keyedge_proxy_acme_on_demand_total\\{outcome="ignored",reason="${reason}"\\} [1-9]`).test(metrics) ? true : undefined;
+        },
+        15_000,
+        SCRAPE_POLL_MS,
+      );
     }
   }, 60_000);
 
@@ -193,10 +207,15 @@ describe('on-demand issuance', () => {
       }
     }
     // Every name reaches the gate (two workers, one primary) and is decided once: asked, or ignored for its client.
-    const after = await waitFor('every flood name decided', async () => {
-      const now = await counted();
-      return now.all - before.all >= names.length ? now : undefined;
-    });
+    const after = await waitFor(
+      'every flood name decided',
+      async () => {
+        const now = await counted();
+        return now.all - before.all >= names.length ? now : undefined;
+      },
+      15_000,
+      SCRAPE_POLL_MS,
+    );
     const askedFlood = names.filter((n) => asked.has(n)).length;
     // The default bucket: 10 at once, then one every 6 s (a second or two more while the handshakes ran).
     expect(askedFlood).toBeGreaterThan(0);

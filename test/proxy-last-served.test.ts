@@ -47,6 +47,14 @@ async function keyless(host: string): Promise<Issued> {
   return issueForPublicKey(lab.ca, spki, { commonName: host, dnsNames: [host] });
 }
 
+/**
+ * How long a start may take to be ready (startClusterProxy's default is 30 s): at a load average of about 18 a
+ * one-worker start of a two-entry store was not ready within 30 s, nor one of the large store (2026-12-07, the file
+ * unchanged). A healthy start takes a few seconds; this bounds a stuck one, as proxy-lifecycle's 75 s does. The cases
+ * with two starts are given 200 s (240 s with the large store) for it.
+ */
+const START_READY_MS = 75_000;
+
 /** The store directory of the proxy named `name` (startClusterProxy's), made now to be filled before its first start. */
 function storeOf(name: string): string {
   const dir = join(lab.dir, name, 'certs');
@@ -65,8 +73,12 @@ function write(storeDir: string, entry: string, issued: Issued): void {
  * A start whose fallback is judged has two, so that `served` sees both workers serve the same version.
  */
 async function start(name: string, workers = 2): Promise<ClusterProxy> {
-  const proxy = await startClusterProxy(lab, name, (p) =>
-    storeProxyConfig(lab, p, { workers, stateDir: join(lab.dir, name, 'state'), certStore: { dir: p.storeDir, rescanSeconds: 3600 } }),
+  const proxy = await startClusterProxy(
+    lab,
+    name,
+    (p) => storeProxyConfig(lab, p, { workers, stateDir: join(lab.dir, name, 'state'), certStore: { dir: p.storeDir, rescanSeconds: 3600 } }),
+    {},
+    START_READY_MS,
   );
   running.push(proxy);
   return proxy;
@@ -160,7 +172,7 @@ describe('an entry refused at start serves the version the last run served', () 
     await servesAfterWatch(second, 'a.lab.test', a2);
     expect((await certs(second)).certificates.find((c) => c.name === 'a')?.refused).toBeNull();
     await second.stop();
-  }, 120_000);
+  }, 200_000);
 
   it('after a renewal applied while running: the renewed version serves, not the one before it', async () => {
     const storeDir = storeOf('renewed');
@@ -181,7 +193,7 @@ describe('an entry refused at start serves the version the last run served', () 
     expect(await served(second, 'a.lab.test')).toBe(hex(a2.cert.serialNumber));
     expectReported(second, 'a');
     await second.stop();
-  }, 120_000);
+  }, 200_000);
 
   it('with nothing to fall back on (an entry never served): the node is ready, degraded, and serves the other entries', async () => {
     const storeDir = storeOf('fresh');
@@ -229,7 +241,7 @@ describe('an entry refused at start serves the version the last run served', () 
     expect(await served(second, 's0.lab.test')).toBe(hex(s2.cert.serialNumber));
     expectReported(second, 's0');
     await second.stop();
-  }, 180_000);
+  }, 240_000);
 });
 
 describe('the log of last served versions and a worker started during a large reload', () => {
@@ -250,13 +262,18 @@ describe('the log of last served versions and a worker started during a large re
     const storeLink = join(base, 'store');
     symlinkSync(v1, storeLink);
     const startIt = async (): Promise<ClusterProxy> => {
-      const proxy = await startClusterProxy(lab, name, (p) =>
-        storeProxyConfig(lab, p, {
-          stateDir: join(base, 'state'),
-          certStore: { dir: storeLink, rescanSeconds: 3600 },
-          reloadApplyTimeoutMs: 20_000,
-          workerSilentTimeoutMs: 60_000,
-        }),
+      const proxy = await startClusterProxy(
+        lab,
+        name,
+        (p) =>
+          storeProxyConfig(lab, p, {
+            stateDir: join(base, 'state'),
+            certStore: { dir: storeLink, rescanSeconds: 3600 },
+            reloadApplyTimeoutMs: 20_000,
+            workerSilentTimeoutMs: 60_000,
+          }),
+        {},
+        START_READY_MS,
       );
       running.push(proxy);
       return proxy;
@@ -287,6 +304,8 @@ describe('the log of last served versions and a worker started during a large re
           return (await fetch(`http://127.0.0.1:${first.adminPort}/readyz`)).status === 200 ? true : undefined;
         },
         30_000,
+        // Each check is a pgrep run: every 200 ms while the replacement waits out the restart pause and starts (seconds).
+        200,
       );
       // The race this case is about: the replacement started before the reload was committed.
       expect(reloaded).toBe(false);
@@ -360,8 +379,12 @@ describe('the log of last served versions and another store directory', () => {
     write(other, 'a', await keyless('a.lab.test'));
     const b = await leaf('b.lab.test');
     write(other, 'b', b);
-    const second = await startClusterProxy(lab, name, (p) =>
-      storeProxyConfig(lab, p, { stateDir: join(lab.dir, name, 'state'), certStore: { dir: other, rescanSeconds: 3600 } }),
+    const second = await startClusterProxy(
+      lab,
+      name,
+      (p) => storeProxyConfig(lab, p, { stateDir: join(lab.dir, name, 'state'), certStore: { dir: other, rescanSeconds: 3600 } }),
+      {},
+      START_READY_MS,
     );
     running.push(second);
     expect(await served(second, 'b.lab.test')).toBe(hex(b.cert.serialNumber));
@@ -370,7 +393,7 @@ describe('the log of last served versions and another store directory', () => {
     expect(view.refused.map((r) => r.name)).toEqual(['a']);
     expect((await nodeGet(second.port, 'a.lab.test', ca)).ok).toBe(false);
     await second.stop();
-  }, 120_000);
+  }, 200_000);
 });
 
 // A state directory that turns read-only while the proxy runs (a file system remounted read-only on errors): the log
@@ -391,8 +414,12 @@ describe.skipIf(!canMount)('the log of last served versions in a state directory
       const storeDir = storeOf('readonly');
       write(storeDir, 'a', await leaf('a.lab.test'));
       // One worker: the log is the primary's to write (serving/next-start.ts).
-      const proxy = await startClusterProxy(lab, 'readonly', (p) =>
-        storeProxyConfig(lab, p, { workers: 1, stateDir: state, certStore: { dir: p.storeDir, rescanSeconds: 3600 } }),
+      const proxy = await startClusterProxy(
+        lab,
+        'readonly',
+        (p) => storeProxyConfig(lab, p, { workers: 1, stateDir: state, certStore: { dir: p.storeDir, rescanSeconds: 3600 } }),
+        {},
+        START_READY_MS,
       );
       running.push(proxy);
       execFileSync('mount', ['-o', 'remount,ro', state]);

@@ -175,7 +175,8 @@ describe('a worker that fails its first start while another serves', () => {
     expect(alive(proxy.child.pid!), 'the primary').toBe(true);
     expect(alive(serving!), 'the serving worker').toBe(true);
     // The failed worker's replacement (worker 3, no fault) serves: both serve again.
-    await waitFor('readiness', async () => ((await fetch(`http://127.0.0.1:${proxy.adminPort}/readyz`)).status === 200 ? true : undefined), 45_000);
+    // Every 100 ms, as startClusterProxy's: each check is an HTTP request the primary answers, while a replacement starts for seconds.
+    await waitFor('readiness', async () => ((await fetch(`http://127.0.0.1:${proxy.adminPort}/readyz`)).status === 200 ? true : undefined), 45_000, 100);
     proxy.child.kill('SIGTERM');
     expect(await proxy.exited).toBe(0);
   }, 120_000);
@@ -196,7 +197,8 @@ describe('a first start that fails while the primary has not yet heard the other
     // The start failed, and says so: no worker was known to serve.
     expect(await proxy.exited).toBe(1);
     expect(proxy.lines.find((l) => l.msg === 'a proxy worker could not start; stopping')).toMatchObject({ reason: expect.stringMatching(/EMFILE/) });
-    await waitFor('no process of it left', () => (proxy.processes().length === 0 ? true : undefined), 10_000);
+    // Every 200 ms, as the cases below: each check is a `ps` run.
+    await waitFor('no process of it left', () => (proxy.processes().length === 0 ? true : undefined), 10_000, 200);
   }, 120_000);
 });
 

@@ -113,6 +113,12 @@ async function startProxy(name: string, control: string, extra: Record<string, u
   return proxy;
 }
 
+/**
+ * How often a case asks /readyz while a replacement worker starts or waits out the crash loop's pause (seconds): every
+ * 100 ms, as startClusterProxy does, rather than waitFor's 25 ms (each check is an HTTP request the primary answers).
+ */
+const READY_POLL_MS = 100;
+
 const get = (path: string): string => `GET ${path} HTTP/1.1\r\nHost: ${HOST}\r\n\r\n`;
 
 async function answered(proxy: ClusterProxy, path: string): Promise<string> {
@@ -183,7 +189,12 @@ describe.concurrent('a blocked worker, and signals while the primary drains', ()
         const deaths = JSON.stringify(proxy.lines.filter((l) => String(l.msg).startsWith('proxy worker')).map((l) => [l.time, l.pid, l.msg]));
         expect(await metricSum(proxy, 'keyedge_proxy_worker_restarts_total'), deaths).toBe(2);
         await waitFor('a replacement', () => workerPids(proxy).listening.find((p) => p !== survivor && p !== victim), 30_000);
-        await waitFor('readiness', async () => ((await fetch(`http://127.0.0.1:${proxy.adminPort}/readyz`)).status === 200 ? true : undefined), 30_000);
+        await waitFor(
+          'readiness',
+          async () => ((await fetch(`http://127.0.0.1:${proxy.adminPort}/readyz`)).status === 200 ? true : undefined),
+          30_000,
+          READY_POLL_MS,
+        );
         expect(alive(survivor!)).toBe(true);
       } finally {
         if (alive(victim!)) process.kill(victim!, 'SIGCONT');
@@ -309,7 +320,12 @@ describe.concurrent('workers that die or hang at every start, and the other case
       for (let i = 0; i < 4; i++) expect(await answered(proxy, `/during-loop-${i}/answer?size=16`)).toMatch(/^HTTP\/1\.1 200 /);
       // Once the fault is gone, the next restart serves.
       rmSync(join(control, 'crash'));
-      await waitFor('two workers again', async () => ((await fetch(`http://127.0.0.1:${proxy.adminPort}/readyz`)).status === 200 ? true : undefined), 45_000);
+      await waitFor(
+        'two workers again',
+        async () => ((await fetch(`http://127.0.0.1:${proxy.adminPort}/readyz`)).status === 200 ? true : undefined),
+        45_000,
+        READY_POLL_MS,
+      );
       expect(Date.now() - from).toBeLessThan(60_000);
     }, 120_000);
   });
@@ -338,7 +354,12 @@ describe.concurrent('workers that die or hang at every start, and the other case
       expect(await answered(proxy, '/while-refused/answer?size=16')).toMatch(/^HTTP\/1\.1 200 /);
       rmSync(join(control, 'spawn-cwd'));
       await waitFor('a replacement', () => workerPids(proxy).listening.find((p) => p !== survivor && p !== victim), 45_000);
-      await waitFor('readiness', async () => ((await fetch(`http://127.0.0.1:${proxy.adminPort}/readyz`)).status === 200 ? true : undefined), 30_000);
+      await waitFor(
+        'readiness',
+        async () => ((await fetch(`http://127.0.0.1:${proxy.adminPort}/readyz`)).status === 200 ? true : undefined),
+        30_000,
+        READY_POLL_MS,
+      );
       expect(await metricSum(proxy, 'keyedge_proxy_worker_restarts_total')).toBeGreaterThanOrEqual(1 + pauses.length);
       expect(alive(proxy.pid), 'the primary').toBe(true);
     }, 150_000);
