@@ -118,6 +118,26 @@ describe('keyedge key delete', () => {
     expect(labels()).not.toContain('edge-key');
   });
 
+  it("without --proxy-config, looks at ./config/proxy.json where there is one: `npm run up`'s demo certificate is one of its certificates", async () => {
+    // The layout `npm run up` makes: config/proxy.json names var/demo/demo-chain.pem, its store var/certs is empty.
+    const setup = join(dir, 'setup');
+    mkdirSync(join(setup, 'config'), { recursive: true });
+    mkdirSync(join(setup, 'var', 'demo'), { recursive: true });
+    mkdirSync(join(setup, 'var', 'certs'));
+    const demo = generate('demo-ec');
+    const chain = join(setup, 'var', 'demo', 'demo-chain.pem');
+    writeFileSync(chain, await chainFor(demo.spki, 'demo.localhost'));
+    const proxyConfig = { stateDir: '../var', admin: null, certificates: [{ name: 'demo', chain: '../var/demo/demo-chain.pem' }], certStore: { dir: 'certs' } };
+    writeFileSync(join(setup, 'config', 'proxy.json'), JSON.stringify(proxyConfig));
+
+    const refused = keyedge(setup, 'key', 'delete', '--config', ksConfig, '--key', 'demo-ec');
+    expect(refused.status, refused.stderr).toBe(1);
+    expect(refused.stderr).toContain(
+      `keyedge: KEYEDGE_ERR_KEY_IN_USE: key 'demo-ec' (key id ${demo.keyId}) is used by 1 certificate of the config ${join(setup, 'config', 'proxy.json')} and the certificate store ${join(setup, 'var', 'certs')}: 'demo' (${chain}, in certificates); `,
+    );
+    expect(labels()).toContain('demo-ec');
+  });
+
   it('--force and --proxy-config are for delete only: another action with them is a usage error (they were ignored)', () => {
     const generate = keyedge(dir, 'key', 'generate', '--config', ksConfig, '--type', 'ec-p256', '--label', 'forced', '--force');
     expect(generate.status).toBe(2);

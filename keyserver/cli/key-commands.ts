@@ -41,8 +41,9 @@ Options:
   --config FILE   the key server's config (default: the embedded SoftHSM2 token under ./var)
   --proxy-config FILE
                   delete: the proxy's config, whose certificates and store
-                  (certStore.dir) are checked for the key (default: the
-                  embedded default's ./var/certs, when it is there)
+                  (certStore.dir) are checked for the key (default:
+                  ./config/proxy.json, what \`npm run up\` runs, where there
+                  is one; else the embedded default's ./var/certs)
   --force         delete: even a key a certificate uses (its handshakes fail)
   --pin-stdin     the value of the config's PIN variable (pkcs11.pin.env) is read from stdin
                   instead (the proxy's ACME key children: /proc/<pid>/environ shows a

@@ -18,5 +18,5 @@ export interface KeyUsers {
   readonly warnings: readonly string[];
 }
 
-/** `proxyConfig`: the proxy's config file (`--proxy-config`); undefined: the embedded default's. */
+/** `proxyConfig`: the proxy's config file (`--proxy-config`); undefined: ./config/proxy.json where there is one (`npm run up`'s), else the embedded default's. */
 export type FindKeyUsers = (key: { readonly keyId: string; readonly label: string }, proxyConfig: string | undefined) => Promise<KeyUsers>;

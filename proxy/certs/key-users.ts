@@ -8,18 +8,21 @@
  * served, for the pinned key, keeps serving. Both count.
  *
  * Looked at: the config file's `certificates` and its store directory
- * (`certStore.dir`), the proxy config named by `--proxy-config`, else the
- * embedded default's (./var/certs, as `keyedge cert` without --config). A
- * named config whose store is not there refuses (a mistyped certStore.dir
- * must not read as "unused"); the default's missing is said in a warning,
- * since a key server host usually has no proxy at all. A fleet's store lives
- * in etcd, which this does not reach: said in a warning.
+ * (`certStore.dir`), the proxy config named by `--proxy-config`, else
+ * ./config/proxy.json where there is one (what `npm run up` and README run
+ * the proxy with: its demo certificate is one of its `certificates`, which
+ * the embedded default's store alone missed), else the embedded default's
+ * (./var/certs, as `keyedge cert` without --config). A named config whose
+ * store is not there refuses (a mistyped certStore.dir must not read as
+ * "unused"); a default's missing is said in a warning, since a key server
+ * host usually has no proxy at all. A fleet's store lives in etcd, which this
+ * does not reach: said in a warning.
  *
  * Leaves are found with node:crypto (OpenSSL), without loading the X.509
  * code the validation uses: `keyedge key` runs load none (proxy-start-modules).
  */
 import { X509Certificate } from 'node:crypto';
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { loadProxyConfig } from '../../config/load.js';
 import type { FindKeyUsers, KeyUsers } from '../../keyserver/cli/key-users.js';
 import { keyIdOf } from '../../keyserver/shared/key-id.js';
@@ -29,7 +32,11 @@ import { directoryId } from './store-dir.js';
 
 const PEM_CERTIFICATE = /-----BEGIN CERTIFICATE-----[\s\S]*?-----END CERTIFICATE-----/g;
 
-export const findKeyUsers: FindKeyUsers = async (key, proxyConfig) => {
+/** The proxy config `npm run up` starts the proxy with (config/setup.sh), from the directory the command runs in. */
+const SETUP_CONFIG = 'config/proxy.json';
+
+export const findKeyUsers: FindKeyUsers = async (key, named) => {
+  const proxyConfig = named ?? (existsSync(SETUP_CONFIG) ? SETUP_CONFIG : undefined);
   const config = loadProxyConfig(proxyConfig);
   const users: string[] = [];
   const warnings: string[] = [];
@@ -50,7 +57,7 @@ export const findKeyUsers: FindKeyUsers = async (key, proxyConfig) => {
   }
   const dir = config.certStore.dir;
   if (directoryId(dir) === undefined) {
-    if (proxyConfig !== undefined) {
+    if (named !== undefined) {
       throw new CertificateStoreError(
         'KEYEDGE_ERR_CERT_STORE_GONE',
         '',
@@ -58,9 +65,10 @@ export const findKeyUsers: FindKeyUsers = async (key, proxyConfig) => {
           `uses key '${key.label}'. Nothing was deleted: check certStore.dir, or give --force`,
       );
     }
+    const whose = proxyConfig === undefined ? "the embedded default's store" : `the store of ${proxyConfig}`;
     warnings.push(
-      `no certificate store was checked for a certificate using key '${key.label}': no --proxy-config was given, and the embedded default's ` +
-        `store ${dir} is not there (give --proxy-config FILE, the proxy's config, to have its store checked)`,
+      `no certificate store was checked for a certificate using key '${key.label}': no --proxy-config was given, and ${whose} ` +
+        `${dir} is not there (give --proxy-config FILE, the proxy's config, to have its store checked)`,
     );
     return { checked: checked.join(''), users, warnings };
   }
