@@ -10,7 +10,7 @@
  * that imports both daemons' commands. Nothing in config/, keyserver/ or
  * proxy/ imports it (test/layering.test.ts).
  */
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import type { Command } from './keyserver/shared/command.js';
 import { KeyedgeError } from './keyserver/shared/errors.js';
 
@@ -65,7 +65,10 @@ const COMMANDS: readonly CommandEntry[] = [
 ];
 
 function version(): string {
-  const pkg = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string };
+  // dist/keyedge.js is one level below the root, dist/bundle/keyedge.js (package.json's `bundle`) two.
+  const file = ['../package.json', '../../package.json'].map((rel) => new URL(rel, import.meta.url)).find((url) => existsSync(url));
+  if (file === undefined) throw new KeyedgeError('KEYEDGE_ERR_SETUP', "keyedge's package.json is not beside its dist/ directory");
+  const pkg = JSON.parse(readFileSync(file, 'utf8')) as { version: string };
   return pkg.version;
 }
 

@@ -100,6 +100,13 @@ ensure_node_modules() {
 
 build() {
   npx --no-install tsc -p . || die "the TypeScript build failed"
+  bundle
+}
+
+# The CLI as one bundle (package.json's `bundle`; README, "Layout"): what `dist/keyedge.cjs` runs when it is newer
+# than the compiled modules.
+bundle() {
+  npm run --silent bundle || die "bundling the compiled CLI failed (npm run bundle)"
 }
 
 # System packages and node_modules, no build.
@@ -311,6 +318,7 @@ case "${1:-}" in
     npx --no-install tsc -p test --noEmit false || die "the product, the benchmarks or the tests do not build (tsc -p test --noEmit false)"
     # The tests' own output is not used (vitest runs their sources), and would go into `npm pack`'s package with dist/.
     rm -rf dist/test
+    bundle
     npx --no-install biome ci . || die "lint or formatting errors (biome ci .): run 'npx biome check --write .' to fix what it can, then fix the rest by hand"
     exec npx --no-install vitest run --config test/vitest.config.ts "$@"
     ;;
