@@ -7,12 +7,16 @@
  * starts or replaces, does not pay for it. Checked by importing both entry
  * modules (proxy/cli.ts's two branches, as built) in a child whose resolve
  * hook records every package it is asked for. The same for `keyedge key`,
- * which the proxy's ACME key children run.
+ * which the proxy's ACME key children run. Where a run loads the CLI bundle
+ * (dist/bundle/, config/bundle.mjs), the packages inside it are not asked for
+ * by name: those of each chunk it loads are read from the chunk's module
+ * comments (`// node_modules/<package>/…`, esbuild's mark of where each
+ * bundled module came from).
  */
 import { spawnSync } from 'node:child_process';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { pathToFileURL } from 'node:url';
+import { fileURLToPath, pathToFileURL } from 'node:url';
 import { expect, it } from 'vitest';
 import { REPO, tempDir } from './helpers/basics.js';
 
@@ -23,17 +27,31 @@ function packagesAsked(args: readonly string[]): { status: number | null; stderr
   const asked = join(dir, 'packages.txt');
   // Written to a file at once, not to stderr: the hooks run on a thread of their own, whose stderr reaches the process's
   // through the main thread and was lost at exit once under load (Node 24).
+  // Each line: the specifier, a tab, the URL it resolved to.
   writeFileSync(
     hooks,
-    `import { appendFileSync } from 'node:fs';\nexport async function resolve(s, c, next) { if (!/^(\\.|node:|file:|\\/)/.test(s)) appendFileSync(${JSON.stringify(asked)}, s + '\\n'); return next(s, c); }\n`,
+    `import { appendFileSync } from 'node:fs';\nexport async function resolve(s, c, next) { const r = await next(s, c); appendFileSync(${JSON.stringify(asked)}, s + '\\t' + r.url + '\\n'); return r; }\n`,
   );
   const register = join(dir, 'register.mjs');
   writeFileSync(register, `import { register } from 'node:module';\nregister(${JSON.stringify(pathToFileURL(hooks).href)});\n`);
   const child = spawnSync(process.execPath, ['--import', register, ...args], { cwd: REPO, encoding: 'utf8' });
-  // No file: the run asked for no package at all.
-  const lines = existsSync(asked) ? readFileSync(asked, 'utf8').split('\n') : [];
-  return { status: child.status, stderr: child.stderr, packages: new Set(lines) };
+  // No file: the run resolved nothing.
+  const lines = existsSync(asked)
+    ? readFileSync(asked, 'utf8')
+        .split('\n')
+        .filter((line) => line !== '')
+    : [];
+  const packages = new Set<string>();
+  for (const [specifier = '', url = ''] of lines.map((line) => line.split('\t'))) {
+    if (!/^(\.|node:|file:|\/)/.test(specifier)) packages.add(specifier);
+    if (url.startsWith(BUNDLE)) for (const [, name] of readFileSync(fileURLToPath(url), 'utf8').matchAll(BUNDLED_MODULE)) packages.add(name ?? '');
+  }
+  return { status: child.status, stderr: child.stderr, packages };
 }
+
+const BUNDLE = pathToFileURL(join(REPO, 'dist', 'bundle')).href;
+/** esbuild's comment above each module it bundled from a package: `// node_modules/@scope/name/file.js`. */
+const BUNDLED_MODULE = /^\/\/ node_modules\/((?:@[^/]+\/)?[^/]+)\//gm;
 
 it('neither the primary nor a worker loads the etcd client without a fleet', () => {
   const [primary, worker] = ['cluster.js', 'cluster-worker.js'].map((m) => JSON.stringify(pathToFileURL(join(REPO, 'dist', 'proxy', m)).href));
