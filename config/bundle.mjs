@@ -11,15 +11,20 @@
  * .proto files from its own directory at run time; loaded only by a fleet's proxy). The native bridge is found by
  * path from the bundle as from dist/ (keyserver/shared/addon-path.ts).
  */
-import { rmSync } from 'node:fs';
+import { existsSync, renameSync, rmSync } from 'node:fs';
 import { build } from 'esbuild';
 
-const outdir = 'dist/bundle';
-// Chunks of an earlier bundle would stay beside the new ones and go into `npm pack`'s package.
-rmSync(outdir, { recursive: true, force: true });
+const target = 'dist/bundle';
+// Written beside, then swapped in by two renames: a keyedge process starting meanwhile (a replacement worker of a
+// running proxy) finds the whole earlier bundle, none (and runs the compiled modules), or the whole new one, never
+// an entry whose chunks are not written yet. Chunks of an earlier bundle go with it: they would otherwise stay beside
+// the new ones and go into `npm pack`'s package.
+const next = `${target}.next`;
+const old = `${target}.old`;
+rmSync(next, { recursive: true, force: true });
 await build({
   entryPoints: ['dist/keyedge.js'],
-  outdir,
+  outdir: next,
   bundle: true,
   // Each subcommand's modules stay in their own chunks, loaded by the `import()` that loads them now.
   splitting: true,
@@ -37,3 +42,7 @@ await build({
   chunkNames: '[name]-[hash]',
   logLevel: 'warning',
 });
+rmSync(old, { recursive: true, force: true });
+if (existsSync(target)) renameSync(target, old);
+renameSync(next, target);
+rmSync(old, { recursive: true, force: true });
