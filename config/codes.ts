@@ -25,7 +25,7 @@ export const ERROR_CODES = {
   KEYEDGE_ERR_KEY_EXISTS: 'the label is taken, or the key is already in the token',
   KEYEDGE_ERR_KEY_UNSUPPORTED: 'key type or size not supported',
   KEYEDGE_ERR_KEY_INPUT: 'the key file is unreadable, encrypted or not a private key',
-  KEYEDGE_ERR_KEY_IN_USE: "`key delete` refused: a certificate of the proxy's store or config uses the key (--force deletes it anyway)",
+  KEYEDGE_ERR_KEY_IN_USE: "`key delete` refused: a certificate of the proxy's store (a fleet's: etcd) or config uses the key (--force deletes it anyway)",
   KEYEDGE_ERR_PROTOCOL: 'a frame broke the key-server protocol',
   KEYEDGE_ERR_REMOTE: 'the key server answered with a wire error code',
   KEYEDGE_ERR_TIMEOUT: "no answer from the key server within the client's deadline",
@@ -40,7 +40,8 @@ export const ERROR_CODES = {
     "the store entry's chain or metadata file is a symbolic link (another tool's file, such as certbot's live/): keyedge does not write it; nothing was written",
   KEYEDGE_ERR_CERT_STORE_GONE:
     'the store directory is gone, or another directory holding no certificate took its place (or any other one, during an upload): the reload, upload or `keyedge cert` change is refused and every entry keeps serving',
-  KEYEDGE_ERR_STORE_UNAVAILABLE: "the fleet's shared store (etcd) is unreachable: the change is refused, the node serves its last good state",
+  KEYEDGE_ERR_STORE_UNAVAILABLE:
+    "the fleet's shared store (etcd) is unreachable: the change is refused, the node serves its last good state; `key delete` with a fleet's config deletes nothing",
   KEYEDGE_ERR_STORE_CONFLICT:
     "the fleet's store entry changed on another node between this write's read and its write, or another writer held a store directory entry's lock: nothing was written; retry to validate against it",
   KEYEDGE_ERR_STORE_TOO_LARGE: "a value larger than one request to the fleet's store (etcd) may be: refused before it is sent, naming the key and its size",

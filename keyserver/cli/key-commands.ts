@@ -41,7 +41,8 @@ Options:
   --config FILE   the key server's config (default: the embedded SoftHSM2 token under ./var)
   --proxy-config FILE
                   delete: the proxy's config, whose certificates and store
-                  (certStore.dir) are checked for the key (default:
+                  (certStore.dir; a fleet's: its etcd, read with the
+                  config's etcd settings) are checked for the key (default:
                   ./config/proxy.json, what \`npm run up\` runs, where there
                   is one; else the embedded default's ./var/certs)
   --force         delete: even a key a certificate uses (its handshakes fail)
@@ -198,14 +199,14 @@ export const keyCommand = (findKeyUsers: FindKeyUsers): Command => ({
           // server answers UNKNOWN_KEY). --force: the operator's call (and the ACME issuer's, which checked what its
           // proxy serves, the fleet's store included); nothing is looked at.
           if (values.force !== true) {
-            const { checked, users, warnings } = await findKeyUsers(found, values['proxy-config']);
+            const { checked, users, warnings, remedy } = await findKeyUsers(found, values['proxy-config']);
             for (const warning of warnings) warn(warning);
             if (users.length > 0) {
               throw new KeyError(
                 'KEYEDGE_ERR_KEY_IN_USE',
                 `key '${found.label}' (key id ${found.keyId}) is used by ${users.length} certificate${users.length === 1 ? '' : 's'} of ${checked}: ` +
                   `${users.join(', ')}; deleting it fails every handshake for them at their next sign. ` +
-                  'Nothing was deleted: remove or replace them first (keyedge cert), or give --force',
+                  `Nothing was deleted: remove or replace them first (${remedy}), or give --force`,
               );
             }
           }

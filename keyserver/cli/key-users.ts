@@ -16,6 +16,8 @@ export interface KeyUsers {
   readonly users: readonly string[];
   /** What the operator should hear though nothing is refused (no store found, entries not read). */
   readonly warnings: readonly string[];
+  /** How they are removed or replaced, for the refusal: `keyedge cert` for a directory; a fleet's entries live in etcd, which it does not write. */
+  readonly remedy: string;
 }
 
 /** `proxyConfig`: the proxy's config file (`--proxy-config`); undefined: ./config/proxy.json where there is one (`npm run up`'s), else the embedded default's. */

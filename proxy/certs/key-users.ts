@@ -15,8 +15,15 @@
  * (./var/certs, as `keyedge cert` without --config). A named config whose
  * store is not there refuses (a mistyped certStore.dir must not read as
  * "unused"); a default's missing is said in a warning, since a key server
- * host usually has no proxy at all. A fleet's store lives in etcd, which this
- * does not reach: said in a warning.
+ * host usually has no proxy at all.
+ *
+ * A fleet's config (`etcd`) keeps its store in etcd, not in certStore.dir
+ * (which a fleet node does not read): its `certs/` entries are read once,
+ * with the client and the settings the node itself uses (store/fleet-entries.ts,
+ * loaded only then: etcd's client costs some 0.3 s of CPU to load), and count
+ * by the same rule. An etcd that does not answer refuses, nothing deleted:
+ * "unused" cannot be told, and a fleet certificate's key deleted fails its
+ * handshakes on every node at once.
  *
  * Leaves are found with node:crypto (OpenSSL), without loading the X.509
  * code the validation uses: `keyedge key` runs load none (proxy-start-modules).
@@ -24,13 +31,25 @@
 import { X509Certificate } from 'node:crypto';
 import { existsSync, readFileSync } from 'node:fs';
 import { loadProxyConfig } from '../../config/load.js';
+import type { EtcdSettings } from '../../config/proxy-schema.js';
 import type { FindKeyUsers, KeyUsers } from '../../keyserver/cli/key-users.js';
 import { keyIdOf } from '../../keyserver/shared/key-id.js';
+import type { FleetEntries } from '../store/fleet-entries.js';
+import { StoreUnavailableError } from '../store/storage.js';
 import { CertificateError, CertificateStoreError } from './errors.js';
 import { CertificateStore } from './store.js';
 import { directoryId } from './store-dir.js';
+import type { StoreEntry, StoreEntryRef } from './store-meta.js';
 
 const PEM_CERTIFICATE = /-----BEGIN CERTIFICATE-----[\s\S]*?-----END CERTIFICATE-----/g;
+
+/** What removes or replaces a certificate of the config or its store directory. */
+const CERT_COMMAND = 'keyedge cert';
+/** A fleet's entries: `keyedge cert` manages a local directory only; a node's admin API replaces an entry fleet-wide. */
+const FLEET_REMEDY = "a fleet's entries: through a node's admin API (PUT /certs/:name) or in etcd";
+
+/** How the store's calls begin the failure of the read (store/etcd-calls.ts): said once, by the refusal, not twice. */
+const READ_FAILED = "the fleet's store (etcd) could not read certs/: ";
 
 /** The proxy config `npm run up` starts the proxy with (config/setup.sh), from the directory the command runs in. */
 const SETUP_CONFIG = 'config/proxy.json';
@@ -52,8 +71,10 @@ export const findKeyUsers: FindKeyUsers = async (key, named) => {
   }
   const checked = config.certificates.length === 0 ? [] : [`the config ${config.source}`];
   if (config.etcd !== null) {
-    warnings.push(`the fleet's certificate store (etcd, prefix ${config.etcd.prefix}) was not checked for a certificate using key '${key.label}'`);
-    return { checked: checked.join(''), users, warnings };
+    const fleet = await fleetEntries(config.etcd, config.source, key.label);
+    checked.push(`the fleet's certificate store ${fleet.dir} (etcd at ${config.etcd.endpoints.join(', ')})`);
+    entryUsers(fleet, key, users, warnings);
+    return { checked: checked.join(' and '), users, warnings, remedy: FLEET_REMEDY } satisfies KeyUsers;
   }
   const dir = config.certStore.dir;
   if (directoryId(dir) === undefined) {
@@ -70,12 +91,22 @@ export const findKeyUsers: FindKeyUsers = async (key, named) => {
       `no certificate store was checked for a certificate using key '${key.label}': no --proxy-config was given, and ${whose} ` +
         `${dir} is not there (give --proxy-config FILE, the proxy's config, to have its store checked)`,
     );
-    return { checked: checked.join(''), users, warnings };
+    return { checked: checked.join(''), users, warnings, remedy: CERT_COMMAND };
   }
   checked.push(`the certificate store ${dir}`);
-  const store = new CertificateStore(dir);
+  entryUsers(new CertificateStore(dir), key, users, warnings);
+  return { checked: checked.join(' and '), users, warnings, remedy: CERT_COMMAND } satisfies KeyUsers;
+};
+
+/** The entries of a store (the directory, or the fleet's as read once) that use `key`, added to `users`; those that cannot be read, to `warnings`. */
+function entryUsers(
+  store: { list(): StoreEntryRef[]; read(name: string): StoreEntry },
+  key: { readonly keyId: string; readonly label: string },
+  users: string[],
+  warnings: string[],
+): void {
   for (const ref of store.list()) {
-    let entry: ReturnType<CertificateStore['read']>;
+    let entry: StoreEntry;
     try {
       entry = store.read(ref.name);
     } catch (err) {
@@ -87,8 +118,27 @@ export const findKeyUsers: FindKeyUsers = async (key, named) => {
     if (leafKeyId(entry.chainText) === key.keyId) users.push(`'${ref.name}' (${ref.chainPath})`);
     else if (entry.meta.keyId === key.keyId) users.push(`'${ref.name}' (${ref.metaPath}: pinned)`);
   }
-  return { checked: checked.join(' and '), users, warnings } satisfies KeyUsers;
-};
+}
+
+/**
+ * The fleet's entries, read once from etcd. One that does not answer (away, no quorum, refusing the config's TLS or
+ * password) refuses the delete: said with the endpoints and --force, and the reason as the store's calls give it,
+ * which never holds the password or a key (store/etcd-calls.ts).
+ */
+async function fleetEntries(etcd: EtcdSettings, source: string, label: string): Promise<FleetEntries> {
+  const { readFleetEntries } = await import('../store/fleet-entries.js');
+  try {
+    return await readFleetEntries(etcd, source);
+  } catch (err) {
+    if (!(err instanceof StoreUnavailableError)) throw err;
+    const reason = err.message.startsWith(READ_FAILED) ? err.message.slice(READ_FAILED.length) : err.message;
+    throw new StoreUnavailableError(
+      `the fleet's certificate store etcd:${etcd.prefix} (etcd at ${etcd.endpoints.join(', ')}; etcd of ${source}) could not be read, ` +
+        `waiting at most ${etcd.timeoutMs} ms (etcd.timeoutMs): ${reason}. Cannot tell whether a certificate uses key '${label}'. ` +
+        'Nothing was deleted: bring etcd back (or correct etcd in the config), or give --force, which deletes without looking',
+    );
+  }
+}
 
 /**
  * The key id of the chain's leaf: the certificate that issued none of the others (a chain may be in any order, as the

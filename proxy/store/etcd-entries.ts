@@ -29,12 +29,18 @@ import { CERTS } from './layout.js';
 import { fencedPut, type HeldLock } from './lock.js';
 import { type EntryStorage, StoreConflictError, StoreUnavailableError } from './storage.js';
 
+/**
+ * What the entries are listed and read from: the store's mirror, or one read of the prefix (fleet-entries.ts, for
+ * `keyedge key delete`), so that an entry means the same to both.
+ */
+export type EntrySource = Pick<EtcdStore, 'dir' | 'keys' | 'item'>;
+
 /** The value of an entry's key. */
 export function entryValue(chainText: string, meta: StoreMeta): string {
   return JSON.stringify({ chain: chainText, meta });
 }
 
-export function listEntries(store: EtcdStore): StoreEntryRef[] {
+export function listEntries(store: EntrySource): StoreEntryRef[] {
   const refs: StoreEntryRef[] = [];
   for (const name of store.keys(CERTS)) {
     const item = store.item(CERTS + name)!;
@@ -57,7 +63,7 @@ export function listEntries(store: EtcdStore): StoreEntryRef[] {
 }
 
 /** The entry `name`; CertificateStoreError KEYEDGE_ERR_CERT_NOT_FOUND when there is none, CertificateError naming it when it is unreadable. */
-export function readEntry(store: EtcdStore, name: string): StoreEntry {
+export function readEntry(store: EntrySource, name: string): StoreEntry {
   const item = store.item(CERTS + name);
   const where = `${store.dir}${CERTS}${name}`;
   if (item === undefined) throw notFound(store, name);
@@ -100,7 +106,7 @@ export function readEntry(store: EtcdStore, name: string): StoreEntry {
   return { name, chainPath: where, metaPath: where, mtimeMs: 0, size: item.value.length, metaMtimeMs: undefined, chainText: raw.chain, meta };
 }
 
-export function notFound(store: EtcdStore, name: string): CertificateStoreError {
+export function notFound(store: Pick<EtcdStore, 'dir'>, name: string): CertificateStoreError {
   return new CertificateStoreError('KEYEDGE_ERR_CERT_NOT_FOUND', name, `no certificate '${name}' in the store ${store.dir}`);
 }
 
