@@ -25,7 +25,8 @@ export const ERROR_CODES = {
   KEYEDGE_ERR_KEY_EXISTS: 'the label is taken, or the key is already in the token',
   KEYEDGE_ERR_KEY_UNSUPPORTED: 'key type or size not supported',
   KEYEDGE_ERR_KEY_INPUT: 'the key file is unreadable, encrypted or not a private key',
-  KEYEDGE_ERR_KEY_IN_USE: "`key delete` refused: a certificate of the proxy's store (a fleet's: etcd) or config uses the key (--force deletes it anyway)",
+  KEYEDGE_ERR_KEY_IN_USE:
+    "`key delete` refused: a certificate of the proxy's store (a fleet's: etcd) or config uses the key, or a store entry that could not be read may (--force deletes it anyway)",
   KEYEDGE_ERR_PROTOCOL: 'a frame broke the key-server protocol',
   KEYEDGE_ERR_REMOTE: 'the key server answered with a wire error code',
   KEYEDGE_ERR_TIMEOUT: "no answer from the key server within the client's deadline",

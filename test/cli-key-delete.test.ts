@@ -73,6 +73,24 @@ describe('keyedge key delete', () => {
     expect(forced.status, forced.stderr).toBe(0);
     expect(forced.stdout).toContain("deleted ec-p256 key 'shop-key'");
     expect(labels()).not.toContain('shop-key');
+
+    // An entry that cannot be read may use any key, and a node may serve what it was before it broke: refused.
+    generate('spare-key');
+    writeFileSync(join(store, 'broken.pem'), 'not a certificate\n');
+    const unknown = keyedge(dir, 'key', 'delete', '--config', ksConfig, '--key', 'spare-key');
+    expect(unknown.status, unknown.stdout).toBe(1);
+    expect(unknown.stderr).toMatch(
+      new RegExp(
+        `^keyedge: KEYEDGE_ERR_KEY_IN_USE: key 'spare-key' \\(key id [0-9a-f]{64}\\) may be used by a store entry of the certificate store ${store} ` +
+          "that could not be read: 'broken' \\([^\\n]+\\); a node may still serve the version it had before, with this key\\. " +
+          'Nothing was deleted: repair or remove it first \\(keyedge cert\\), or give --force\\n$',
+      ),
+    );
+    expect(labels()).toContain('spare-key');
+    rmSync(join(store, 'broken.pem'));
+    const deleted = keyedge(dir, 'key', 'delete', '--config', ksConfig, '--key', 'spare-key');
+    expect(deleted.status, deleted.stderr).toBe(0);
+    expect(labels()).not.toContain('spare-key');
   });
 
   it('checks the store of --proxy-config; a missing one refuses, nothing deleted; no store found without it is said, and the key deleted', async () => {

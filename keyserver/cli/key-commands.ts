@@ -199,14 +199,25 @@ export const keyCommand = (findKeyUsers: FindKeyUsers): Command => ({
           // server answers UNKNOWN_KEY). --force: the operator's call (and the ACME issuer's, which checked what its
           // proxy serves, the fleet's store included); nothing is looked at.
           if (values.force !== true) {
-            const { checked, users, warnings, remedy } = await findKeyUsers(found, values['proxy-config']);
+            const { checked, users, warnings, unread, remedy } = await findKeyUsers(found, values['proxy-config']);
             for (const warning of warnings) warn(warning);
+            const which = `key '${found.label}' (key id ${found.keyId})`;
+            // An entry that could not be read may use the key, and a node may serve what it was before it broke.
+            const alsoUnread = unread.length === 0 ? '' : ` Not read, so not known: ${unread.join(', ')}.`;
             if (users.length > 0) {
               throw new KeyError(
                 'KEYEDGE_ERR_KEY_IN_USE',
-                `key '${found.label}' (key id ${found.keyId}) is used by ${users.length} certificate${users.length === 1 ? '' : 's'} of ${checked}: ` +
-                  `${users.join(', ')}; deleting it fails every handshake for them at their next sign. ` +
+                `${which} is used by ${users.length} certificate${users.length === 1 ? '' : 's'} of ${checked}: ` +
+                  `${users.join(', ')}; deleting it fails every handshake for them at their next sign.${alsoUnread} ` +
                   `Nothing was deleted: remove or replace them first (${remedy}), or give --force`,
+              );
+            }
+            if (unread.length > 0) {
+              throw new KeyError(
+                'KEYEDGE_ERR_KEY_IN_USE',
+                `${which} may be used by ${unread.length === 1 ? 'a store entry' : `${unread.length} store entries`} of ${checked} that could not be read: ` +
+                  `${unread.join(', ')}; a node may still serve the version it had before, with this key. ` +
+                  `Nothing was deleted: repair or remove ${unread.length === 1 ? 'it' : 'them'} first (${remedy}), or give --force`,
               );
             }
           }

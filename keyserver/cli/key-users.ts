@@ -14,8 +14,13 @@ export interface KeyUsers {
   readonly checked: string;
   /** Each certificate that uses the key, as an operator finds it: "'NAME' (FILE)". */
   readonly users: readonly string[];
-  /** What the operator should hear though nothing is refused (no store found, entries not read). */
+  /** What the operator should hear though nothing is refused (no store found). */
   readonly warnings: readonly string[];
+  /**
+   * Each store entry that could not be read, "'NAME' (why)": it may use the key, and a node may still serve the
+   * version it had before the entry broke (README, "Reloads and the admin API"), with that key. Refuses, as a use does.
+   */
+  readonly unread: readonly string[];
   /** How they are removed or replaced, for the refusal: `keyedge cert` for a directory; a fleet's entries live in etcd, which it does not write. */
   readonly remedy: string;
 }

@@ -59,6 +59,7 @@ export const findKeyUsers: FindKeyUsers = async (key, named) => {
   const config = loadProxyConfig(proxyConfig);
   const users: string[] = [];
   const warnings: string[] = [];
+  const unread: string[] = [];
   for (const certificate of config.certificates) {
     let text: string;
     try {
@@ -73,8 +74,8 @@ export const findKeyUsers: FindKeyUsers = async (key, named) => {
   if (config.etcd !== null) {
     const fleet = await fleetEntries(config.etcd, config.source, key.label);
     checked.push(`the fleet's certificate store ${fleet.dir} (etcd at ${config.etcd.endpoints.join(', ')})`);
-    entryUsers(fleet, key, users, warnings);
-    return { checked: checked.join(' and '), users, warnings, remedy: FLEET_REMEDY } satisfies KeyUsers;
+    entryUsers(fleet, key, users, unread);
+    return { checked: checked.join(' and '), users, warnings, unread, remedy: FLEET_REMEDY } satisfies KeyUsers;
   }
   const dir = config.certStore.dir;
   if (directoryId(dir) === undefined) {
@@ -91,19 +92,23 @@ export const findKeyUsers: FindKeyUsers = async (key, named) => {
       `no certificate store was checked for a certificate using key '${key.label}': no --proxy-config was given, and ${whose} ` +
         `${dir} is not there (give --proxy-config FILE, the proxy's config, to have its store checked)`,
     );
-    return { checked: checked.join(''), users, warnings, remedy: CERT_COMMAND };
+    return { checked: checked.join(''), users, warnings, unread, remedy: CERT_COMMAND };
   }
   checked.push(`the certificate store ${dir}`);
-  entryUsers(new CertificateStore(dir), key, users, warnings);
-  return { checked: checked.join(' and '), users, warnings, remedy: CERT_COMMAND } satisfies KeyUsers;
+  entryUsers(new CertificateStore(dir), key, users, unread);
+  return { checked: checked.join(' and '), users, warnings, unread, remedy: CERT_COMMAND } satisfies KeyUsers;
 };
 
-/** The entries of a store (the directory, or the fleet's as read once) that use `key`, added to `users`; those that cannot be read, to `warnings`. */
+/**
+ * The entries of a store (the directory, or the fleet's as read once) that use `key`, added to `users`; those that
+ * cannot be read, to `unread`: such an entry may use the key, and what a node served of it before it broke goes on
+ * serving (the last served version), so it refuses the delete as a use does.
+ */
 function entryUsers(
   store: { list(): StoreEntryRef[]; read(name: string): StoreEntry },
   key: { readonly keyId: string; readonly label: string },
   users: string[],
-  warnings: string[],
+  unread: string[],
 ): void {
   for (const ref of store.list()) {
     let entry: StoreEntry;
@@ -112,11 +117,13 @@ function entryUsers(
     } catch (err) {
       if (err instanceof CertificateStoreError && err.code === 'KEYEDGE_ERR_CERT_NOT_FOUND') continue;
       if (!(err instanceof CertificateError)) throw err;
-      warnings.push(`store entry '${ref.name}' could not be read, so was not checked for key '${key.label}': ${err.message}`);
+      unread.push(`'${ref.name}' (${err.message})`);
       continue;
     }
-    if (leafKeyId(entry.chainText) === key.keyId) users.push(`'${ref.name}' (${ref.chainPath})`);
+    const leaf = leafKeyId(entry.chainText);
+    if (leaf === key.keyId) users.push(`'${ref.name}' (${ref.chainPath})`);
     else if (entry.meta.keyId === key.keyId) users.push(`'${ref.name}' (${ref.metaPath}: pinned)`);
+    else if (leaf === undefined) unread.push(`'${ref.name}' (no certificate could be read from ${ref.chainPath})`);
   }
 }
 
