@@ -15,7 +15,10 @@
  * (./var/certs, as `keyedge cert` without --config). A named config whose
  * store is not there refuses (a mistyped certStore.dir must not read as
  * "unused"); a default's missing is said in a warning, since a key server
- * host usually has no proxy at all.
+ * host usually has no proxy at all. A store entry counts by its files, by
+ * the version the proxy last served of it (its log in the state directory:
+ * what serves while a replacement is refused), and, when it cannot be read,
+ * as maybe using the key.
  *
  * A fleet's config (`etcd`) keeps its store in etcd, not in certStore.dir
  * (which a fleet node does not read): its `certs/` entries are read once,
@@ -30,10 +33,13 @@
  */
 import { X509Certificate } from 'node:crypto';
 import { existsSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { loadProxyConfig } from '../../config/load.js';
 import type { EtcdSettings } from '../../config/proxy-schema.js';
 import type { FindKeyUsers, KeyUsers } from '../../keyserver/cli/key-users.js';
 import { keyIdOf } from '../../keyserver/shared/key-id.js';
+import { keptDir, loadKept } from '../serving/kept.js';
+import { LAST_SERVED_FILE, LastServed } from '../serving/last-served.js';
 import type { FleetEntries } from '../store/fleet-entries.js';
 import { StoreUnavailableError } from '../store/storage.js';
 import { CertificateError, CertificateStoreError } from './errors.js';
@@ -95,7 +101,9 @@ export const findKeyUsers: FindKeyUsers = async (key, named) => {
     return { checked: checked.join(''), users, warnings, unread, remedy: CERT_COMMAND };
   }
   checked.push(`the certificate store ${dir}`);
-  entryUsers(new CertificateStore(dir), key, users, unread);
+  const store = new CertificateStore(dir);
+  entryUsers(store, key, users, unread);
+  lastServedUsers(config.stateDir, dir, store.list(), key, users, warnings);
   return { checked: checked.join(' and '), users, warnings, unread, remedy: CERT_COMMAND } satisfies KeyUsers;
 };
 
@@ -124,6 +132,31 @@ function entryUsers(
     if (leaf === key.keyId) users.push(`'${ref.name}' (${ref.chainPath})`);
     else if (entry.meta.keyId === key.keyId) users.push(`'${ref.name}' (${ref.metaPath}: pinned)`);
     else if (leaf === undefined) unread.push(`'${ref.name}' (no certificate could be read from ${ref.chainPath})`);
+  }
+}
+
+/**
+ * The entries whose version last served uses `key` though their files now name another key or none (a replacement the
+ * proxy refused): a running proxy goes on serving that version, and one started again falls back on it, from the log it
+ * keeps in its state directory (serving/last-served.ts). A log that cannot be read or trusted is said in a warning.
+ */
+function lastServedUsers(
+  stateDir: string,
+  storeDir: string,
+  refs: readonly StoreEntryRef[],
+  key: { readonly keyId: string },
+  users: string[],
+  warnings: string[],
+): void {
+  const warn = (message: string): void => {
+    warnings.push(`the proxy's log of the versions it last served was not used: ${message}`);
+  };
+  const lastServed = new LastServed(keptDir(stateDir), storeDir, warn).reader(loadKept(stateDir, warn));
+  const log = join(keptDir(stateDir), LAST_SERVED_FILE);
+  for (const ref of refs) {
+    if (users.some((user) => user.startsWith(`'${ref.name}' (`))) continue;
+    if (lastServed(ref.name)?.keyId === key.keyId)
+      users.push(`'${ref.name}' (its version last served, in ${log}: the version the proxy serves while its files are refused)`);
   }
 }
 
