@@ -2,10 +2,10 @@ import { readFileSync } from 'node:fs';
 import http2 from 'node:http2';
 import type net from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createLogger } from '../keyserver/shared/log.js';
-import { startProxyWorker, type RunningWorker } from '../proxy/worker.js';
+import type { RunningWorker } from '../proxy/worker.js';
 import { closeSession, h2Connect } from './helpers/h2.js';
-import { startKeylessLab, type KeylessLab, jsonLineSink } from './helpers/proxy-lab.js';
+import { startKeylessLab, type KeylessLab } from './helpers/proxy-lab.js';
+import { startOriginWorker } from './helpers/origin-worker.js';
 import { closeScriptedOrigin, scriptedOrigin } from './helpers/scripted-origin.js';
 
 // Hostile origin answers to one stream of an HTTP/2 connection that carries
@@ -133,15 +133,14 @@ beforeAll(async () => {
   for (const [path, { answer }] of Object.entries(CASES))
     answers[path] = (s) => void setTimeout(() => (typeof answer === 'string' ? s.write(answer) : answer(s)), HOSTILE_DELAY_MS);
   origin = scriptedOrigin(answers, { sockets });
-  await new Promise<void>((resolve) => origin.listen(0, '127.0.0.1', resolve));
-  proxy = await startProxyWorker(
-    lab.proxyConfig({
-      certificates: [{ name: 's', chain: cert.file }],
-      limits: { originResponseTimeoutMs: 5000, originReadTimeoutMs: 5000 },
-      domains: [{ name: HOST, origin: `http://127.0.0.1:${(origin.address() as net.AddressInfo).port}` }],
-    }),
-    { log: createLogger('origin-streams-test', 'info', jsonLineSink(lines)) },
-  );
+  proxy = await startOriginWorker(lab, {
+    certificate: { name: 's', chain: cert.file },
+    host: HOST,
+    origin,
+    limits: { originResponseTimeoutMs: 5000, originReadTimeoutMs: 5000 },
+    logName: 'origin-streams-test',
+    lines,
+  });
 }, 60_000);
 
 afterAll(async () => {

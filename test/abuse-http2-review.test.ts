@@ -5,11 +5,11 @@ import type http2 from 'node:http2';
 import type net from 'node:net';
 import tls from 'node:tls';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createLogger } from '../keyserver/shared/log.js';
-import { startProxyWorker, type RunningWorker } from '../proxy/worker.js';
+import type { RunningWorker } from '../proxy/worker.js';
 import { closeSession, data, frame, h2Connect, headerFrames, hpackLiteral, RawH2, rstStream } from './helpers/h2.js';
 import { waitFor } from './helpers/proxy-cluster.js';
-import { startKeylessLab, type KeylessLab, jsonLineSink } from './helpers/proxy-lab.js';
+import { startKeylessLab, type KeylessLab } from './helpers/proxy-lab.js';
+import { startOriginWorker } from './helpers/origin-worker.js';
 import { closeScriptedOrigin, scriptedOrigin } from './helpers/scripted-origin.js';
 
 // HTTP/2 streams whose end is the proxy's own doing, for reasons the origin
@@ -63,15 +63,14 @@ beforeAll(async () => {
   ca = readFileSync(lab.caFile, 'utf8');
   const cert = await lab.certificate('review', lab.keys.ec, [HOST]);
   origin = scriptedOrigin(ANSWERS, { sockets, heads });
-  await new Promise<void>((resolve) => origin.listen(0, '127.0.0.1', resolve));
-  proxy = await startProxyWorker(
-    lab.proxyConfig({
-      certificates: [{ name: 'review', chain: cert.file }],
-      limits: { http2MaxResetStreams: MAX_RESETS },
-      domains: [{ name: HOST, origin: `http://127.0.0.1:${(origin.address() as net.AddressInfo).port}` }],
-    }),
-    { log: createLogger('http2-review-test', 'info', jsonLineSink(lines)) },
-  );
+  proxy = await startOriginWorker(lab, {
+    certificate: { name: 'review', chain: cert.file },
+    host: HOST,
+    origin,
+    limits: { http2MaxResetStreams: MAX_RESETS },
+    logName: 'http2-review-test',
+    lines,
+  });
 }, 60_000);
 
 afterAll(async () => {

@@ -5,11 +5,11 @@ import { constants } from 'node:http2';
 import type net from 'node:net';
 import tls from 'node:tls';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createLogger } from '../keyserver/shared/log.js';
-import { startProxyWorker, type RunningWorker } from '../proxy/worker.js';
+import type { RunningWorker } from '../proxy/worker.js';
 import { closeSession, h2Connect, h2Request } from './helpers/h2.js';
 import { waitFor } from './helpers/proxy-cluster.js';
-import { startKeylessLab, type KeylessLab, jsonLineSink } from './helpers/proxy-lab.js';
+import { startKeylessLab, type KeylessLab } from './helpers/proxy-lab.js';
+import { startOriginWorker } from './helpers/origin-worker.js';
 import { closeScriptedOrigin, scriptedOrigin } from './helpers/scripted-origin.js';
 
 // Hostile or broken origins, as raw bytes from a net server, through an
@@ -227,15 +227,14 @@ beforeAll(async () => {
   ca = readFileSync(lab.caFile, 'utf8');
   const cert = await lab.certificate('o', lab.keys.ec, [HOST]);
   origin = rawOrigin();
-  await new Promise<void>((resolve) => origin.listen(0, '127.0.0.1', resolve));
-  proxy = await startProxyWorker(
-    lab.proxyConfig({
-      certificates: [{ name: 'o', chain: cert.file }],
-      limits: { originResponseTimeoutMs: RESPONSE_TIMEOUT_MS, originReadTimeoutMs: READ_TIMEOUT_MS },
-      domains: [{ name: HOST, origin: `http://127.0.0.1:${(origin.address() as net.AddressInfo).port}` }],
-    }),
-    { log: createLogger('origin-answers-test', 'info', jsonLineSink(lines)) },
-  );
+  proxy = await startOriginWorker(lab, {
+    certificate: { name: 'o', chain: cert.file },
+    host: HOST,
+    origin,
+    limits: { originResponseTimeoutMs: RESPONSE_TIMEOUT_MS, originReadTimeoutMs: READ_TIMEOUT_MS },
+    logName: 'origin-answers-test',
+    lines,
+  });
 }, 60_000);
 
 afterAll(async () => {

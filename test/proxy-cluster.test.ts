@@ -7,7 +7,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { nodeGet } from './helpers/clients.js';
 import { nextAnswer, splitAll } from './helpers/fuzz-h1-parse.js';
 import { CLI, sleep } from './helpers/basics.js';
-import { waitFor } from './helpers/proxy-cluster.js';
+import { jsonLinesOf, waitFor } from './helpers/proxy-cluster.js';
 import { freePort, startKeylessLab, type KeylessLab } from './helpers/proxy-lab.js';
 import { rawTls } from './helpers/raw-tls.js';
 
@@ -57,13 +57,7 @@ beforeAll(async () => {
     }),
   );
   proxy = spawn(process.execPath, [CLI, 'proxy', '--config', configFile], { stdio: ['ignore', 'pipe', 'inherit'] });
-  let pending = '';
-  proxy.stdout!.on('data', (chunk: Buffer) => {
-    pending += chunk.toString();
-    const parts = pending.split('\n');
-    pending = parts.pop() ?? '';
-    for (const part of parts) if (part.startsWith('{')) lines.push(JSON.parse(part) as Record<string, unknown>);
-  });
+  jsonLinesOf(proxy.stdout!, lines);
   // A start on a loaded machine (CI's 2 cores, other files' proxies beside it) took more than waitFor's default 15 s.
   await waitFor('two workers', () => (workerPids().size === 2 ? true : undefined), 45_000);
   await waitFor('readiness', async () => ((await fetch(`http://127.0.0.1:${adminPort}/readyz`)).status === 200 ? true : undefined), 45_000);

@@ -9,6 +9,7 @@ import { startProxyWorker, type RunningWorker } from '../proxy/worker.js';
 import { closeSession, h2Connect, h2Request } from './helpers/h2.js';
 import { waitFor } from './helpers/proxy-cluster.js';
 import { startKeylessLab, type KeylessLab, jsonLineSink } from './helpers/proxy-lab.js';
+import { startOriginWorker } from './helpers/origin-worker.js';
 import { rawTls } from './helpers/raw-tls.js';
 import { nextAnswer, splitAll } from './helpers/fuzz-h1-parse.js';
 import { sleep } from './helpers/basics.js';
@@ -152,15 +153,14 @@ beforeAll(async () => {
   ca = readFileSync(lab.caFile, 'utf8');
   const cert = await lab.certificate('e', lab.keys.ec, [HOST]);
   origin = rawOrigin();
-  await new Promise<void>((resolve) => origin.listen(0, '127.0.0.1', resolve));
-  proxy = await startProxyWorker(
-    lab.proxyConfig({
-      certificates: [{ name: 'e', chain: cert.file }],
-      limits: { sendTimeoutMs: SEND_TIMEOUT_MS },
-      domains: [{ name: HOST, origin: `http://127.0.0.1:${(origin.address() as net.AddressInfo).port}` }],
-    }),
-    { log: createLogger('h1-edges-test', 'info', jsonLineSink(lines)) },
-  );
+  proxy = await startOriginWorker(lab, {
+    certificate: { name: 'e', chain: cert.file },
+    host: HOST,
+    origin,
+    limits: { sendTimeoutMs: SEND_TIMEOUT_MS },
+    logName: 'h1-edges-test',
+    lines,
+  });
 }, 60_000);
 
 afterAll(async () => {

@@ -6,7 +6,7 @@ import { pathToFileURL } from 'node:url';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { type AbuseOrigin, alive, RawClient, startAbuseOrigin } from './helpers/abuse.js';
 import { CLI, removeDir, tempDir } from './helpers/basics.js';
-import { type ClusterPorts, storeProxyConfig, waitFor } from './helpers/proxy-cluster.js';
+import { type ClusterPorts, jsonLinesOf, storeProxyConfig, waitFor } from './helpers/proxy-cluster.js';
 import { freePort, type KeylessLab, startKeylessLab } from './helpers/proxy-lab.js';
 
 // A worker that serves keeps serving, and finishes what it took, whatever happens beside it: another worker's first
@@ -105,14 +105,7 @@ async function startProxy(name: string, extra: Record<string, unknown> = {}): Pr
     stdio: ['ignore', 'pipe', 'inherit'],
     env: { ...process.env, NODE_OPTIONS: `--import=${pathToFileURL(join(dir, 'inject.mjs')).href}`, SERVING_CONTROL: control },
   });
-  const lines: Record<string, unknown>[] = [];
-  let pending = '';
-  child.stdout!.on('data', (chunk: Buffer) => {
-    pending += chunk.toString();
-    const parts = pending.split('\n');
-    pending = parts.pop() ?? '';
-    for (const part of parts) if (part.startsWith('{')) lines.push(JSON.parse(part) as Record<string, unknown>);
-  });
+  const lines = jsonLinesOf(child.stdout!);
   const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
   const processes = (): number[] => {
     const out = execFileSync('ps', ['-eo', 'pid=,args='], { encoding: 'utf8' });

@@ -6,6 +6,7 @@
 import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import type { Readable } from 'node:stream';
 import { CLI, sleep } from './basics.js';
 import { freePort, type KeylessLab } from './proxy-lab.js';
 
@@ -70,6 +71,18 @@ export interface ClusterProxy {
   stop(): Promise<void>;
 }
 
+/** The JSON lines a child writes to `stdout` (its log), parsed as they arrive, a line split across chunks included. */
+export function jsonLinesOf(stdout: Readable, lines: Record<string, unknown>[] = []): Record<string, unknown>[] {
+  let pending = '';
+  stdout.on('data', (chunk: Buffer) => {
+    pending += chunk.toString();
+    const parts = pending.split('\n');
+    pending = parts.pop() ?? '';
+    for (const part of parts) if (part.startsWith('{')) lines.push(JSON.parse(part) as Record<string, unknown>);
+  });
+  return lines;
+}
+
 /** `intervalMs`: the pause between checks; longer for a check that costs (a TLS handshake, a key server signature each). */
 export async function waitFor<T>(what: string, check: () => Promise<T | undefined> | T | undefined, timeoutMs = 15_000, intervalMs = 25): Promise<T> {
   const deadline = Date.now() + timeoutMs;
@@ -109,14 +122,7 @@ export async function startClusterProxy(
     stdio: ['ignore', 'pipe', 'inherit'],
     env: { ...process.env, ...env },
   });
-  const lines: Record<string, unknown>[] = [];
-  let pending = '';
-  child.stdout!.on('data', (chunk: Buffer) => {
-    pending += chunk.toString();
-    const parts = pending.split('\n');
-    pending = parts.pop() ?? '';
-    for (const part of parts) if (part.startsWith('{')) lines.push(JSON.parse(part) as Record<string, unknown>);
-  });
+  const lines = jsonLinesOf(child.stdout!);
   const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
   try {
     await waitFor(
