@@ -80,7 +80,7 @@ export const findKeyUsers: FindKeyUsers = async (key, named) => {
   if (config.etcd !== null) {
     const fleet = await fleetEntries(config.etcd, config.source, key.label);
     checked.push(`the fleet's certificate store ${fleet.dir} (etcd at ${config.etcd.endpoints.join(', ')})`);
-    entryUsers(fleet, key, users, unread);
+    entryUsers(fleet, fleet.list(), key, users, unread);
     return { checked: checked.join(' and '), users, warnings, unread, remedy: FLEET_REMEDY } satisfies KeyUsers;
   }
   const dir = config.certStore.dir;
@@ -102,23 +102,26 @@ export const findKeyUsers: FindKeyUsers = async (key, named) => {
   }
   checked.push(`the certificate store ${dir}`);
   const store = new CertificateStore(dir);
-  entryUsers(store, key, users, unread);
-  lastServedUsers(config.stateDir, dir, store.list(), key, users, warnings);
+  const refs = store.list();
+  const counted = entryUsers(store, refs, key, users, unread);
+  lastServedUsers(config.stateDir, dir, refs, counted, key, users, warnings);
   return { checked: checked.join(' and '), users, warnings, unread, remedy: CERT_COMMAND } satisfies KeyUsers;
 };
 
 /**
  * The entries of a store (the directory, or the fleet's as read once) that use `key`, added to `users`; those that
  * cannot be read, to `unread`: such an entry may use the key, and what a node served of it before it broke goes on
- * serving (the last served version), so it refuses the delete as a use does.
+ * serving (the last served version), so it refuses the delete as a use does. The names of those added to `users`.
  */
 function entryUsers(
-  store: { list(): StoreEntryRef[]; read(name: string): StoreEntry },
+  store: { read(name: string): StoreEntry },
+  refs: readonly StoreEntryRef[],
   key: { readonly keyId: string; readonly label: string },
   users: string[],
   unread: string[],
-): void {
-  for (const ref of store.list()) {
+): Set<string> {
+  const counted = new Set<string>();
+  for (const ref of refs) {
     let entry: StoreEntry;
     try {
       entry = store.read(ref.name);
@@ -129,10 +132,13 @@ function entryUsers(
       continue;
     }
     const leaf = leafKeyId(entry.chainText);
-    if (leaf === key.keyId) users.push(`'${ref.name}' (${ref.chainPath})`);
-    else if (entry.meta.keyId === key.keyId) users.push(`'${ref.name}' (${ref.metaPath}: pinned)`);
-    else if (leaf === undefined) unread.push(`'${ref.name}' (no certificate could be read from ${ref.chainPath})`);
+    const use = leaf === key.keyId ? ref.chainPath : entry.meta.keyId === key.keyId ? `${ref.metaPath}: pinned` : undefined;
+    if (use !== undefined) {
+      users.push(`'${ref.name}' (${use})`);
+      counted.add(ref.name);
+    } else if (leaf === undefined) unread.push(`'${ref.name}' (no certificate could be read from ${ref.chainPath})`);
   }
+  return counted;
 }
 
 /**
@@ -144,6 +150,7 @@ function lastServedUsers(
   stateDir: string,
   storeDir: string,
   refs: readonly StoreEntryRef[],
+  counted: ReadonlySet<string>,
   key: { readonly keyId: string },
   users: string[],
   warnings: string[],
@@ -154,8 +161,7 @@ function lastServedUsers(
   const lastServed = new LastServed(keptDir(stateDir), storeDir, warn).reader(loadKept(stateDir, warn));
   const log = join(keptDir(stateDir), LAST_SERVED_FILE);
   for (const ref of refs) {
-    if (users.some((user) => user.startsWith(`'${ref.name}' (`))) continue;
-    if (lastServed(ref.name)?.keyId === key.keyId)
+    if (!counted.has(ref.name) && lastServed(ref.name)?.keyId === key.keyId)
       users.push(`'${ref.name}' (its version last served, in ${log}: the version the proxy serves while its files are refused)`);
   }
 }
