@@ -21,12 +21,19 @@
 import { constants, type IncomingHttpHeaders as Http2Headers, type ServerHttp2Stream } from 'node:http2';
 import type { ServerResponse } from 'node:http';
 import type { HttpErrorCode } from '../../config/codes.js';
-import type { Logger } from '../../keyserver/shared/log.js';
 import type { AccessAccounts, StreamAccess } from '../http/access.js';
-import type { ProxyMetrics } from '../metrics.js';
 import type { NameIndex } from '../tls/names.js';
-import { CLIENT_CLOSED_STATUS, type Domain, hostName, originRefusal, ownFailureRefusal, type Refusal, routeRequest } from '../http/handler.js';
-import { originFailure, type OriginPools } from '../http/forward.js';
+import {
+  CLIENT_CLOSED_STATUS,
+  type Domain,
+  type HandlerOptions,
+  hostName,
+  originRefusal,
+  ownFailureRefusal,
+  type Refusal,
+  routeRequest,
+} from '../http/handler.js';
+import { originFailure } from '../http/forward.js';
 import { stalledSend } from '../http/send-stall.js';
 import type { TrustedPeers } from '../http/trusted-peers.js';
 import { answeredWhole, forwardStream, noteEndSent, type StreamForwardOptions } from './exchange.js';
@@ -47,14 +54,8 @@ export interface Http2Connection {
   readonly resumed: boolean | undefined;
 }
 
-export interface StreamHandlerOptions {
-  readonly domains: () => NameIndex<Domain>;
-  readonly pools: OriginPools;
-  readonly maxBodyBytes: number;
-  readonly hstsMaxAgeSeconds: number;
-  readonly trustedPeers?: TrustedPeers;
-  readonly log: Logger;
-  readonly metrics: ProxyMetrics;
+/** HTTP/1.1's (http/handler.ts), and the header list's bound. */
+export interface StreamHandlerOptions extends HandlerOptions {
   /** `maxHeaderBytes`: the request header list's bound (RFC 9113 §6.5.2), checked here too (`headersOverLimit`). */
   readonly limits?: { readonly maxHeaderBytes: number };
 }
