@@ -179,13 +179,13 @@ describe('keyedge key delete with a fleet config (etcd)', () => {
       const locked = generate('locked-key');
       await authed.put('/fleet/certs/locked').value(await entryFor(locked.spki, 'locked.example'));
 
-      writeFileSync(join(dir, 'root.password'), 'root-pw-5d2a\n', { mode: 0o600 });
-      const right = fleetConfig('fleet-auth.json', {
-        endpoints: [endpoint],
-        prefix: '/fleet/',
-        timeoutMs: 5_000,
-        auth: { username: 'root', passwordFile: join(dir, 'root.password') },
-      });
+      /** A config for this member as `root` with `password` (in a file of its own, as an operator keeps it). */
+      const authConfig = (file: string, password: string, timeoutMs = 5_000): string => {
+        const passwordFile = join(dir, `${file}.password`);
+        writeFileSync(passwordFile, `${password}\n`, { mode: 0o600 });
+        return fleetConfig(file, { endpoints: [endpoint], prefix: '/fleet/', timeoutMs, auth: { username: 'root', passwordFile } });
+      };
+      const right = authConfig('fleet-auth.json', 'root-pw-5d2a');
       const refused = keyedge('key', 'delete', '--config', ksConfig, '--key', 'locked-key', '--proxy-config', right);
       expect(refused.status, refused.stderr).toBe(1);
       expect(refused.stderr).toContain(
@@ -193,13 +193,7 @@ describe('keyedge key delete with a fleet config (etcd)', () => {
       );
       expect(refused.stderr).not.toContain('root-pw-5d2a');
 
-      writeFileSync(join(dir, 'wrong.password'), 'wrong-pw-77e1\n', { mode: 0o600 });
-      const wrong = fleetConfig('fleet-wrong-auth.json', {
-        endpoints: [endpoint],
-        prefix: '/fleet/',
-        timeoutMs: 5_000,
-        auth: { username: 'root', passwordFile: join(dir, 'wrong.password') },
-      });
+      const wrong = authConfig('fleet-wrong-auth.json', 'wrong-pw-77e1');
       const denied = keyedge('key', 'delete', '--config', ksConfig, '--key', 'locked-key', '--proxy-config', wrong);
       expect(denied.status, denied.stderr).toBe(1);
       expect(denied.stderr).toMatch(/^keyedge: KEYEDGE_ERR_STORE_UNAVAILABLE: .*could not be read.*--force, which deletes without looking\n$/s);
@@ -207,12 +201,7 @@ describe('keyedge key delete with a fleet config (etcd)', () => {
       expect(labels()).toContain('locked-key');
 
       // A member that takes the connection and never answers (stopped): bounded by etcd.timeoutMs, not a hang.
-      const stalledConfig = fleetConfig('fleet-stalled.json', {
-        endpoints: [endpoint],
-        prefix: '/fleet/',
-        timeoutMs: 1_000,
-        auth: { username: 'root', passwordFile: join(dir, 'root.password') },
-      });
+      const stalledConfig = authConfig('fleet-stalled.json', 'root-pw-5d2a', 1_000);
       own.members[0]!.stall();
       const stalled = keyedge('key', 'delete', '--config', ksConfig, '--key', 'locked-key', '--proxy-config', stalledConfig);
       own.members[0]!.resume();
