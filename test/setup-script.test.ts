@@ -160,9 +160,14 @@ describe('config/setup.sh: up and down', () => {
     const root = tempDir('keyedge-setup-undo-');
     const server = await front(502);
     try {
+      // The key server and the proxy each say they are ready once their TERM trap is set, and the origin fails only
+      // then: up, seeing it gone right after starting the proxy, sent TERM before the proxy's trap was set, on a loaded
+      // machine, and the proxy ended without writing to order.
       const fake = `case $1 in
-        demo-origin) echo "keyedge: KEYEDGE_ERR_SETUP: cannot listen on tcp 127.0.0.1:8080: EADDRINUSE" >&2; exit 1 ;;
-        keyserver | proxy) trap "echo $1 >>'$PWD/order'; exit 0" TERM; while :; do sleep 0.05; done ;;
+        demo-origin)
+          for _ in $(seq 1 200); do [ -f "$PWD/ready" ] && [ "$(wc -l < "$PWD/ready")" -ge 2 ] && break; sleep 0.05; done
+          echo "keyedge: KEYEDGE_ERR_SETUP: cannot listen on tcp 127.0.0.1:8080: EADDRINUSE" >&2; exit 1 ;;
+        keyserver | proxy) trap "echo $1 >>'$PWD/order'; exit 0" TERM; echo $1 >>"$PWD/ready"; while :; do sleep 0.05; done ;;
       esac`;
       // A bash array expansion, not a template placeholder.
       // biome-ignore lint/suspicious/noTemplateCurlyInString: bash's "${KEYEDGE[@]}", passed to bash as written
