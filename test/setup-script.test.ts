@@ -266,11 +266,13 @@ describe('config/setup.sh: up and down', () => {
     // shutdown grace found no key server to sign them.
     const root = tempDir('keyedge-setup-order-');
     try {
+      // down only once each has set its TERM trap: a TERM before that ends it without writing to order.
       const steps = `mkdir -p "$RUN"
         for name in keyserver demo-origin proxy; do
-          (trap "echo $name >>'$PWD/order'; exit 0" TERM; while :; do sleep 0.05; done) &
+          (trap "echo $name >>'$PWD/order'; exit 0" TERM; echo $name >>ready; while :; do sleep 0.05; done) &
           echo $! >"$RUN/$name.pid"
         done
+        for _ in $(seq 1 200); do [ -f ready ] && [ "$(wc -l < ready)" -ge 3 ] && break; sleep 0.05; done
         down`;
       const result = await runSetup(root, '', 9, steps);
       expect(result.status, result.stderr).toBe(0);
@@ -287,10 +289,11 @@ describe('config/setup.sh: up and down', () => {
     let stuck: number | undefined;
     try {
       const steps = `mkdir -p "$RUN"
-        (trap '' TERM; while :; do sleep 0.05; done) </dev/null >/dev/null 2>&1 &
+        (trap '' TERM; echo >ready; while :; do sleep 0.05; done) </dev/null >/dev/null 2>&1 &
         echo $! >"$RUN/proxy.pid"
         echo $! >stuck.pid
         STOP_WAIT_SECONDS=1
+        for _ in $(seq 1 200); do [ -f ready ] && break; sleep 0.05; done
         down`;
       const result = await runSetup(root, '', 9, steps);
       stuck = Number(readFileSync(join(root, 'stuck.pid'), 'utf8'));
