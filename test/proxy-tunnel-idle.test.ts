@@ -366,6 +366,11 @@ function pacedLink(): { proxySide: Duplex; clientSide: Duplex; stall: () => void
       clientSide?.push(null);
       done();
     },
+    // The proxy's close without an end (a reset): what the link had not passed yet is lost, and the client sees it.
+    destroy: (err, done) => {
+      clientSide?.destroy();
+      done(err);
+    },
   });
   clientSide = new Duplex({
     read: () => undefined,
@@ -421,22 +426,81 @@ describe('an open tunnel over a link that passes KiBs a second to the client', (
   });
   afterAll(() => originServer?.close());
 
-  // The origin sends far more than the link passes, 64 KiB per read reaching the proxy; the client takes all the link
-  // passes, 40 KiB a second. Before, the tunnel saw only what it read from the origin, once the client had taken a
-  // whole read's worth (1.6 s): with a 1 s bound it was closed after 1 s, bytes reaching the client all along. Each
-  // 16 KiB the link passes (0.4 s) counts now.
-  it('stays open past the bound while the client takes the bytes, every byte in order; closed once they stop', async () => {
+  /** A TLS tunnel to `upstream` whose way to the client is a paced link; `peer` is the client's end. */
+  async function linkedTunnel(upstream: net.Socket): Promise<{ link: ReturnType<typeof pacedLink>; client: tls.TLSSocket; peer: tls.TLSSocket }> {
     const link = pacedLink();
-    const upstream = net.connect((originServer.address() as net.AddressInfo).port, '127.0.0.1');
-    upstream.on('error', () => undefined);
-    await new Promise((resolve) => upstream.once('connect', resolve));
-    const origin = originSockets.at(-1)!;
     const client = new tls.TLSSocket(link.proxySide as net.Socket, { isServer: true, secureContext: context });
     client.on('error', () => undefined);
     const peer = tls.connect({ socket: link.clientSide, ca: leafCa, servername: 'link.test' });
     peer.on('error', () => undefined);
     await Promise.all([new Promise((resolve) => client.once('secure', resolve)), new Promise((resolve) => peer.once('secureConnect', resolve))]);
     openTunnel({ client, upstream, idleMs: IDLE_MS, log: createLogger('tunnel-idle-test', 'silent'), domain: 'link.test', origin: 'paced' });
+    return { link, client, peer };
+  }
+
+  /** An origin connection on which `bytes` of floodByte's stream arrive with the FIN, at once; `close` stops its server. */
+  async function lastWords(bytes: number): Promise<{ upstream: net.Socket; close: () => void }> {
+    const server = net.createServer((socket) => {
+      socket.on('error', () => undefined);
+      socket.end(floodBytes(bytes));
+    });
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    const upstream = net.connect((server.address() as net.AddressInfo).port, '127.0.0.1');
+    upstream.on('error', () => undefined);
+    await new Promise((resolve) => upstream.once('connect', resolve));
+    return { upstream, close: () => server.close() };
+  }
+
+  // An origin whose last bytes and FIN arrive together: the relay reads them at once and the origin's connection
+  // closes cleanly while those bytes still wait on the link. Before, its close cut the client at once, and what the
+  // relay had not yet handed to the client was lost (a client taking a WebSocket's last 8 MiB on a loaded machine got
+  // all but its last 5 KiB); now the relay ends the client after the last byte.
+  it('hands the client, on a slow link, all an origin sent with its FIN, then ends it', async () => {
+    const lastBytes = 48 * 1024;
+    const origin = await lastWords(lastBytes);
+    const { link, peer } = await linkedTunnel(origin.upstream);
+    const reading = reader(peer, Buffer.alloc(0));
+    reading.take(Number.POSITIVE_INFINITY);
+    const ended = new Promise<void>((resolve) => peer.once('end', () => resolve()));
+    try {
+      // Its end, not a reset: the link would pass a reset at once, with the bytes it held lost.
+      const within = MARGIN_MS + (lastBytes / LINK_BYTES_PER_S) * 1000;
+      expect(await settlesWithin(within, Promise.race([ended, reading.closed])), 'the client side closed').toBeDefined();
+      expect(await settled(ended), 'the client side was ended, not cut').toBe(true);
+      expect(reading.received()).toBe(lastBytes);
+      expect(reading.inOrder()).toBe(true);
+    } finally {
+      link.stall();
+      peer.destroy();
+      origin.close();
+    }
+  });
+
+  // Handed its peer's last bytes, a side that stops taking them is still bound: it cannot hold its connection for ever.
+  it('cuts a client that stops taking the last bytes of an origin that closed, after the bound', async () => {
+    const origin = await lastWords(48 * 1024);
+    const { link, client, peer } = await linkedTunnel(origin.upstream);
+    link.stall();
+    try {
+      expect(await settlesWithin(MARGIN_MS, new Promise((resolve) => origin.upstream.once('close', resolve))), 'the origin side closed').toBeDefined();
+      expect(client.destroyed, 'the client side is held for its last bytes').toBe(false);
+      expect(await settlesWithin(IDLE_MS + MARGIN_MS, new Promise((resolve) => client.once('close', resolve))), 'the client side cut').toBeDefined();
+    } finally {
+      peer.destroy();
+      origin.close();
+    }
+  });
+
+  // The origin sends far more than the link passes, 64 KiB per read reaching the proxy; the client takes all the link
+  // passes, 40 KiB a second. Before, the tunnel saw only what it read from the origin, once the client had taken a
+  // whole read's worth (1.6 s): with a 1 s bound it was closed after 1 s, bytes reaching the client all along. Each
+  // 16 KiB the link passes (0.4 s) counts now.
+  it('stays open past the bound while the client takes the bytes, every byte in order; closed once they stop', async () => {
+    const upstream = net.connect((originServer.address() as net.AddressInfo).port, '127.0.0.1');
+    upstream.on('error', () => undefined);
+    await new Promise((resolve) => upstream.once('connect', resolve));
+    const origin = originSockets.at(-1)!;
+    const { link, client, peer } = await linkedTunnel(upstream);
     const reading = reader(peer, Buffer.alloc(0));
     reading.take(Number.POSITIVE_INFINITY);
     try {

@@ -40,14 +40,20 @@
  *   libuv: 9 probes 75 s apart; libuv 1.49 and later, Node 22 on: 10 probes
  *   1 s apart), and its close closes the other side.
  * A side whose peer closed is closed at once when the peer failed or was cut
- * (a reset, the idle bound, the stop); when the peer ended cleanly, its last
- * byte relayed and this side ended after it, this side lingers (linger.ts
- * `lingerAfterEnd`, RFC 9112 §9.6, as nginx's lingering close): what it still
- * sends is read and dropped until it ends too or LINGER_MS pass. Destroyed at
- * once, a side that was still sending (a client pinging, an origin pushing)
- * had bytes unread, and a close with bytes unread is a reset, which threw
- * away what the kernel still held for that side: the peer's last message
- * (megabytes to a client still taking it), cut short.
+ * (a reset, the idle bound, the stop). When the peer ended cleanly, this
+ * side is first handed what the peer sent before its end: the peer's
+ * connection closes as soon as its end is read (neither allows half-open),
+ * which may be while the relay still writes the last bytes read to a side
+ * that takes them slowly, and cutting this side then lost them (on a loaded
+ * machine, a client taking a WebSocket's last 8 MiB missed its last 5 KiB);
+ * the idle bound still holds meanwhile. Once the relay ended it after that
+ * last byte, this side lingers (linger.ts `lingerAfterEnd`, RFC 9112 §9.6,
+ * as nginx's lingering close): what it still sends is read and dropped until
+ * it ends too or LINGER_MS pass. Destroyed at once, a side that was still
+ * sending (a client pinging, an origin pushing) had bytes unread, and a
+ * close with bytes unread is a reset, which threw away what the kernel still
+ * held for that side: the peer's last message (megabytes to a client still
+ * taking it), cut short.
  * No access line and no metric of its own: the tunnel's access line and its
  * count (status class 1xx) were written at the 101; an idle close is a debug
  * line.
@@ -84,11 +90,18 @@ export function openTunnel({ client, upstream, idleMs, log, domain, origin }: Tu
   const touch = (): void => {
     carried = performance.now();
   };
-  const dropClient = relay(client, upstream, touch);
-  const dropUpstream = relay(upstream, client, touch);
+  const fromClient = relay(client, upstream, touch);
+  const toClient = relay(upstream, client, touch);
+  let timer: NodeJS.Timeout | undefined;
+  const stopIdle = (): void => clearTimeout(timer);
   // A peer that failed (a reset, an error) has this side cut at once, even one the relay had ended after a half-close.
-  upstream.once('close', (hadError) => (hadError ? client.destroy() : closeAfterPeer(client, dropClient)));
-  client.once('close', (hadError) => (hadError ? upstream.destroy() : closeAfterPeer(upstream, dropUpstream)));
+  upstream.once('close', (hadError) => (hadError ? client.destroy() : closeAfterPeer(client, toClient, fromClient, stopIdle)));
+  client.once('close', (hadError) => (hadError ? upstream.destroy() : closeAfterPeer(upstream, fromClient, toClient, stopIdle)));
+  // Both closed: no bound left to keep (a side still handed its peer's last bytes keeps it until then).
+  let open = 2;
+  const closed = (): void => void (--open === 0 && stopIdle());
+  client.once('close', closed);
+  upstream.once('close', closed);
   if (idleMs === null) return;
   const check = (): void => {
     const idle = performance.now() - carried;
@@ -100,41 +113,53 @@ export function openTunnel({ client, upstream, idleMs, log, domain, origin }: Tu
     upstream.destroy();
     client.destroy();
   };
-  let timer = setTimeout(check, idleMs).unref();
-  const stop = (): void => clearTimeout(timer);
-  client.once('close', stop);
-  upstream.once('close', stop);
+  timer = setTimeout(check, idleMs).unref();
 }
 
 /**
- * `socket`, whose peer in the tunnel closed: cut at once unless the relay ended it after the peer's last byte (the
- * peer ended cleanly); then it lingers, what it sends read and dropped (`drop`), until it ends or LINGER_MS pass (above).
+ * `socket`, whose peer in the tunnel closed without an error: cut at once unless the peer ended (`into`, the relay to
+ * `socket`, read its end); then handed the rest of what the peer sent, and once `into` ended it after the last byte,
+ * no idle bound (`stopIdle`): it lingers, what it sends read and dropped (`out`), until it ends or LINGER_MS pass.
  */
-function closeAfterPeer(socket: net.Socket, drop: () => void): void {
+function closeAfterPeer(socket: net.Socket, into: Relay, out: Relay, stopIdle: () => void): void {
   if (socket.destroyed) return;
-  if (!socket.writableEnded) return void socket.destroy();
-  drop();
-  lingerAfterEnd(socket);
+  if (!into.peerEnded()) return void socket.destroy();
+  into.afterEnd(() => {
+    stopIdle();
+    out.drop();
+    lingerAfterEnd(socket);
+  });
+}
+
+/** One direction of the tunnel (relay). */
+interface Relay {
+  /** Whether `from` ended cleanly (its end read). */
+  peerEnded(): boolean;
+  /** Calls `then` once `to` is ended after `from`'s last byte: at once if it is; never if `to` closes first. */
+  afterEnd(then: () => void): void;
+  /** Reads `from` and drops what it sends from now on (`to` is gone). */
+  drop(): void;
 }
 
 /**
  * Writes what `from` sends to `to`, at most PIECE_BYTES per write and one
  * write at a time, `from` paused meanwhile (its backpressure); ends `to` after
- * the last. `touch` on each chunk read and each write completed. Returns what
- * turns it into reading `from` and dropping what it sends (`to` is gone).
+ * the last. `touch` on each chunk read and each write completed.
  */
-function relay(from: net.Socket, to: net.Socket, touch: () => void): () => void {
+function relay(from: net.Socket, to: net.Socket, touch: () => void): Relay {
   /** What `from` sent that is not handed to `to` yet. */
   let rest: Buffer | undefined;
   let writing = false;
   let ended = false;
   let dropping = false;
+  let afterEnd: (() => void) | undefined;
   const next = (): void => {
     // Ended or gone (its close closes the tunnel): nothing more is written, as pipe() stops at the destination's end.
     if (!to.writable) return;
     if (rest === undefined) {
-      if (ended) to.end();
-      else from.resume();
+      if (!ended) return void from.resume();
+      to.end();
+      afterEnd?.();
       return;
     }
     let piece = rest;
@@ -165,9 +190,16 @@ function relay(from: net.Socket, to: net.Socket, touch: () => void): () => void 
   });
   // The client was paused until the switch (upgrade.ts): a 'data' listener alone does not resume it.
   from.resume();
-  return () => {
-    dropping = true;
-    rest = undefined;
-    from.resume();
+  return {
+    peerEnded: () => ended,
+    afterEnd: (then) => {
+      if (to.writableEnded) then();
+      else afterEnd = then;
+    },
+    drop: () => {
+      dropping = true;
+      rest = undefined;
+      from.resume();
+    },
   };
 }
