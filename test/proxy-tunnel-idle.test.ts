@@ -410,12 +410,15 @@ function pacedLink(): { proxySide: Duplex; clientSide: Duplex; stall: () => void
 describe('an open tunnel over a link that passes KiBs a second to the client', () => {
   let originServer: net.Server;
   let context: tls.SecureContext;
+  /** The same key and certificate, for a server of our own (tls.Server takes no secure context). */
+  let leafPems: { key: string; cert: string };
   let leafCa: string;
   const originSockets: { closed: Promise<void> }[] = [];
 
   beforeAll(async () => {
     const leaf = await issue(lab.ca, { commonName: 'link.test', dnsNames: ['link.test'], keyAlgorithm: 'ec-p256' });
-    context = tls.createSecureContext({ key: leaf.keyPem, cert: leaf.certPem });
+    leafPems = { key: leaf.keyPem, cert: leaf.certPem };
+    context = tls.createSecureContext(leafPems);
     leafCa = lab.ca.certPem;
     originServer = net.createServer((socket) => {
       socket.on('error', () => undefined);
@@ -451,6 +454,24 @@ describe('an open tunnel over a link that passes KiBs a second to the client', (
     return { upstream, close: () => server.close() };
   }
 
+  /**
+   * Reads all `end` is sent from now on; the returned check expects, within what the link takes to pass `bytes` and
+   * the margin, all of them in order and then an end, not a reset (the link passes a reset at once, the bytes it held
+   * lost). `side` names the end in the failures.
+   */
+  function handedWhole(end: tls.TLSSocket, bytes: number): (side: string) => Promise<void> {
+    const reading = reader(end, Buffer.alloc(0));
+    reading.take(Number.POSITIVE_INFINITY);
+    const ended = new Promise<void>((resolve) => end.once('end', () => resolve()));
+    return async (side) => {
+      const within = MARGIN_MS + (bytes / LINK_BYTES_PER_S) * 1000;
+      expect(await settlesWithin(within, Promise.race([ended, reading.closed])), `the ${side} side closed`).toBeDefined();
+      expect(await settled(ended), `the ${side} side was ended, not cut`).toBe(true);
+      expect(reading.received()).toBe(bytes);
+      expect(reading.inOrder()).toBe(true);
+    };
+  }
+
   // An origin whose last bytes and FIN arrive together: the relay reads them at once and the origin's connection
   // closes cleanly while those bytes still wait on the link. Before, its close cut the client at once, and what the
   // relay had not yet handed to the client was lost (a client taking a WebSocket's last 8 MiB on a loaded machine got
@@ -459,16 +480,9 @@ describe('an open tunnel over a link that passes KiBs a second to the client', (
     const lastBytes = 48 * 1024;
     const origin = await lastWords(lastBytes);
     const { link, peer } = await linkedTunnel(origin.upstream);
-    const reading = reader(peer, Buffer.alloc(0));
-    reading.take(Number.POSITIVE_INFINITY);
-    const ended = new Promise<void>((resolve) => peer.once('end', () => resolve()));
+    const handed = handedWhole(peer, lastBytes);
     try {
-      // Its end, not a reset: the link would pass a reset at once, with the bytes it held lost.
-      const within = MARGIN_MS + (lastBytes / LINK_BYTES_PER_S) * 1000;
-      expect(await settlesWithin(within, Promise.race([ended, reading.closed])), 'the client side closed').toBeDefined();
-      expect(await settled(ended), 'the client side was ended, not cut').toBe(true);
-      expect(reading.received()).toBe(lastBytes);
-      expect(reading.inOrder()).toBe(true);
+      await handed('client');
     } finally {
       link.stall();
       peer.destroy();
@@ -488,6 +502,37 @@ describe('an open tunnel over a link that passes KiBs a second to the client', (
     } finally {
       peer.destroy();
       origin.close();
+    }
+  });
+
+  // The other way: the client's last bytes and FIN arrive together, and the link to the origin (a TLS one here) is the
+  // slow side. Before, the client's close cut the origin's connection with those bytes still on the link.
+  it('hands the origin, on a slow link, all a client sent with its FIN, then ends it', async () => {
+    const lastBytes = 48 * 1024;
+    const link = pacedLink();
+    const originEnd = new tls.TLSSocket(link.clientSide as net.Socket, { isServer: true, secureContext: context });
+    originEnd.on('error', () => undefined);
+    const upstream = tls.connect({ socket: link.proxySide, ca: leafCa, servername: 'link.test' });
+    upstream.on('error', () => undefined);
+    // The client: a loopback TLS connection, the proxy's end accepted here.
+    let accepted!: (socket: tls.TLSSocket) => void;
+    const clientEnd = new Promise<tls.TLSSocket>((resolve) => (accepted = resolve));
+    const server = tls.createServer(leafPems, accepted);
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    const peer = tls.connect({ port: (server.address() as net.AddressInfo).port, host: '127.0.0.1', ca: leafCa, servername: 'link.test' });
+    peer.on('error', () => undefined);
+    const [client] = await Promise.all([clientEnd, new Promise((resolve) => upstream.once('secureConnect', resolve))]);
+    client.on('error', () => undefined);
+    openTunnel({ client, upstream, idleMs: IDLE_MS, log: createLogger('tunnel-idle-test', 'silent'), domain: 'link.test', origin: 'paced' });
+    const handed = handedWhole(originEnd, lastBytes);
+    peer.end(floodBytes(lastBytes));
+    try {
+      await handed('origin');
+    } finally {
+      link.stall();
+      peer.destroy();
+      originEnd.destroy();
+      server.close();
     }
   });
 
