@@ -429,15 +429,26 @@ describe('an open tunnel over a link that passes KiBs a second to the client', (
   });
   afterAll(() => originServer?.close());
 
+  /** The tunnel's bounds: IDLE_MS idle, by default; a minute to take a closed peer's last bytes (with no idle bound). */
+  type Bounds = { idleMs: number | null; sendTimeoutMs: number };
+  const IDLE_BOUND: Bounds = { idleMs: IDLE_MS, sendTimeoutMs: 60_000 };
+
+  function tunnel(client: tls.TLSSocket, upstream: net.Socket, bounds: Bounds): void {
+    openTunnel({ client, upstream, ...bounds, log: createLogger('tunnel-idle-test', 'silent'), domain: 'link.test', origin: 'paced' });
+  }
+
   /** A TLS tunnel to `upstream` whose way to the client is a paced link; `peer` is the client's end. */
-  async function linkedTunnel(upstream: net.Socket): Promise<{ link: ReturnType<typeof pacedLink>; client: tls.TLSSocket; peer: tls.TLSSocket }> {
+  async function linkedTunnel(
+    upstream: net.Socket,
+    bounds = IDLE_BOUND,
+  ): Promise<{ link: ReturnType<typeof pacedLink>; client: tls.TLSSocket; peer: tls.TLSSocket }> {
     const link = pacedLink();
     const client = new tls.TLSSocket(link.proxySide as net.Socket, { isServer: true, secureContext: context });
     client.on('error', () => undefined);
     const peer = tls.connect({ socket: link.clientSide, ca: leafCa, servername: 'link.test' });
     peer.on('error', () => undefined);
     await Promise.all([new Promise((resolve) => client.once('secure', resolve)), new Promise((resolve) => peer.once('secureConnect', resolve))]);
-    openTunnel({ client, upstream, idleMs: IDLE_MS, log: createLogger('tunnel-idle-test', 'silent'), domain: 'link.test', origin: 'paced' });
+    tunnel(client, upstream, bounds);
     return { link, client, peer };
   }
 
@@ -491,9 +502,13 @@ describe('an open tunnel over a link that passes KiBs a second to the client', (
   });
 
   // Handed its peer's last bytes, a side that stops taking them is still bound: it cannot hold its connection for ever.
-  it('cuts a client that stops taking the last bytes of an origin that closed, after the bound', async () => {
+  // With no idle bound, limits.sendTimeoutMs bounds it (before, it was held for ever: nothing was left to cut it).
+  it.each([
+    ['the idle bound', IDLE_BOUND],
+    ['limits.sendTimeoutMs, with no idle bound', { idleMs: null, sendTimeoutMs: IDLE_MS }],
+  ])('cuts a client that stops taking the last bytes of an origin that closed, after %s', async (_name, bounds) => {
     const origin = await lastWords(48 * 1024);
-    const { link, client, peer } = await linkedTunnel(origin.upstream);
+    const { link, client, peer } = await linkedTunnel(origin.upstream, bounds);
     link.stall();
     try {
       expect(await settlesWithin(MARGIN_MS, new Promise((resolve) => origin.upstream.once('close', resolve))), 'the origin side closed').toBeDefined();
@@ -523,7 +538,7 @@ describe('an open tunnel over a link that passes KiBs a second to the client', (
     peer.on('error', () => undefined);
     const [client] = await Promise.all([clientEnd, new Promise((resolve) => upstream.once('secureConnect', resolve))]);
     client.on('error', () => undefined);
-    openTunnel({ client, upstream, idleMs: IDLE_MS, log: createLogger('tunnel-idle-test', 'silent'), domain: 'link.test', origin: 'paced' });
+    tunnel(client, upstream, IDLE_BOUND);
     const handed = handedWhole(originEnd, lastBytes);
     peer.end(floodBytes(lastBytes));
     try {

@@ -45,15 +45,19 @@
  * connection closes as soon as its end is read (neither allows half-open),
  * which may be while the relay still writes the last bytes read to a side
  * that takes them slowly, and cutting this side then lost them (on a loaded
- * machine, a client taking a WebSocket's last 8 MiB missed its last 5 KiB);
- * the idle bound still holds meanwhile. Once the relay ended it after that
- * last byte, this side lingers (linger.ts `lingerAfterEnd`, RFC 9112 §9.6,
- * as nginx's lingering close): what it still sends is read and dropped until
- * it ends too or LINGER_MS pass. Destroyed at once, a side that was still
- * sending (a client pinging, an origin pushing) had bytes unread, and a
- * close with bytes unread is a reset, which threw away what the kernel still
- * held for that side: the peer's last message (megabytes to a client still
- * taking it), cut short.
+ * machine, a client taking a WebSocket's last 8 MiB missed its last 5 KiB).
+ * Meanwhile what this side sends is read and dropped (its peer is gone, and
+ * a client blocked on its own writes would take nothing), and the idle bound
+ * still holds; with none (null), a side that takes nothing of those bytes
+ * for `limits.sendTimeoutMs` is cut, as a client taking nothing of an answer
+ * is. Once the relay ended it after that last byte, this side lingers
+ * (linger.ts `lingerAfterEnd`, RFC 9112 §9.6, as nginx's lingering close):
+ * what it still sends is read and dropped until it ends too or LINGER_MS
+ * pass. Destroyed at once, a side that was still sending (a client
+ * pinging, an origin pushing) had bytes unread, and a close with bytes
+ * unread is a reset, which threw away what the kernel still held for that
+ * side: the peer's last message (megabytes to a client still taking it),
+ * cut short.
  * No access line and no metric of its own: the tunnel's access line and its
  * count (status class 1xx) were written at the 101; an idle close is a debug
  * line.
@@ -73,6 +77,8 @@ export interface TunnelEnds {
   readonly upstream: net.Socket;
   /** `limits.tunnelIdleTimeoutMs`: null, never. */
   readonly idleMs: number | null;
+  /** `limits.sendTimeoutMs`: with no idle bound, the bound of a side handed its closed peer's last bytes (above). */
+  readonly sendTimeoutMs: number;
   readonly log: Logger;
   /** For the idle line: the tunnel's domain and origin. */
   readonly domain: string | undefined;
@@ -83,7 +89,7 @@ export interface TunnelEnds {
  * Relays `client` and `upstream` both ways until either closes (above), which closes the other (the caller leaves
  * that to it); the origin's timeouts of the handshake must be off.
  */
-export function openTunnel({ client, upstream, idleMs, log, domain, origin }: TunnelEnds): void {
+export function openTunnel({ client, upstream, idleMs, sendTimeoutMs, log, domain, origin }: TunnelEnds): void {
   client.setKeepAlive(true, TUNNEL_KEEPALIVE_MS);
   upstream.setKeepAlive(true, TUNNEL_KEEPALIVE_MS);
   let carried = performance.now();
@@ -93,40 +99,58 @@ export function openTunnel({ client, upstream, idleMs, log, domain, origin }: Tu
   const fromClient = relay(client, upstream, touch);
   const toClient = relay(upstream, client, touch);
   let timer: NodeJS.Timeout | undefined;
-  const stopIdle = (): void => clearTimeout(timer);
+  const unbound = (): void => clearTimeout(timer);
+  /** Closes both sides once nothing was carried for `ms`. */
+  const bound = (ms: number, why: string): void => {
+    const check = (): void => {
+      const idle = performance.now() - carried;
+      if (idle < ms) {
+        timer = setTimeout(check, ms - idle).unref();
+        return;
+      }
+      log.debug({ domain, origin, boundMs: ms }, why);
+      upstream.destroy();
+      client.destroy();
+    };
+    timer = setTimeout(check, ms).unref();
+  };
+  const handover: Handover = {
+    begin: () => {
+      if (idleMs !== null) return;
+      touch();
+      bound(sendTimeoutMs, "tunnel side took nothing of its peer's last bytes, closed");
+    },
+    done: unbound,
+  };
   // A peer that failed (a reset, an error) has this side cut at once, even one the relay had ended after a half-close.
-  upstream.once('close', (hadError) => (hadError ? client.destroy() : closeAfterPeer(client, toClient, fromClient, stopIdle)));
-  client.once('close', (hadError) => (hadError ? upstream.destroy() : closeAfterPeer(upstream, fromClient, toClient, stopIdle)));
+  upstream.once('close', (hadError) => (hadError ? client.destroy() : closeAfterPeer(client, toClient, fromClient, handover)));
+  client.once('close', (hadError) => (hadError ? upstream.destroy() : closeAfterPeer(upstream, fromClient, toClient, handover)));
   // Both closed: no bound left to keep (a side still handed its peer's last bytes keeps it until then).
   let open = 2;
-  const closed = (): void => void (--open === 0 && stopIdle());
+  const closed = (): void => void (--open === 0 && unbound());
   client.once('close', closed);
   upstream.once('close', closed);
-  if (idleMs === null) return;
-  const check = (): void => {
-    const idle = performance.now() - carried;
-    if (idle < idleMs) {
-      timer = setTimeout(check, idleMs - idle).unref();
-      return;
-    }
-    log.debug({ domain, origin, idleMs }, 'tunnel idle, closed');
-    upstream.destroy();
-    client.destroy();
-  };
-  timer = setTimeout(check, idleMs).unref();
+  if (idleMs !== null) bound(idleMs, 'tunnel idle, closed');
+}
+
+/** A side handed its closed peer's last bytes (closeAfterPeer): bounded from `begin`, no longer once `done`. */
+interface Handover {
+  begin(): void;
+  done(): void;
 }
 
 /**
  * `socket`, whose peer in the tunnel closed without an error: cut at once unless the peer ended (`into`, the relay to
- * `socket`, read its end); then handed the rest of what the peer sent, and once `into` ended it after the last byte,
- * no idle bound (`stopIdle`): it lingers, what it sends read and dropped (`out`), until it ends or LINGER_MS pass.
+ * `socket`, read its end); then handed the rest of what the peer sent (`handover`), what it sends read and dropped
+ * (`out`), and once `into` ended it after the last byte, it lingers until it ends or LINGER_MS pass (above).
  */
-function closeAfterPeer(socket: net.Socket, into: Relay, out: Relay, stopIdle: () => void): void {
+function closeAfterPeer(socket: net.Socket, into: Relay, out: Relay, handover: Handover): void {
   if (socket.destroyed) return;
   if (!into.peerEnded()) return void socket.destroy();
+  out.drop();
+  handover.begin();
   into.afterEnd(() => {
-    stopIdle();
-    out.drop();
+    handover.done();
     lingerAfterEnd(socket);
   });
 }

@@ -42,5 +42,13 @@ export function switchProtocols(exchange: UpgradeExchange, attempt: OriginAttemp
   exchange.dropOrigin = undefined;
   upstream.off('error', attempt.onError);
   upstream.on('error', () => upstream.destroy());
-  openTunnel({ client, upstream, idleMs: options.tunnelIdleTimeoutMs, log: options.log, domain: exchange.domain, origin: exchange.access.origin });
+  openTunnel({
+    client,
+    upstream,
+    idleMs: options.tunnelIdleTimeoutMs,
+    sendTimeoutMs: options.pools.sendTimeoutMs,
+    log: options.log,
+    domain: exchange.domain,
+    origin: exchange.access.origin,
+  });
 }
