@@ -413,26 +413,33 @@ describe('an Upgrade the origin answers with an ordinary answer, the end of whic
     const lineFrom = (from: number): Promise<Record<string, unknown>> =>
       waitFor(`the access line of ${path}`, () => lines.slice(from).find((l) => l.access === true && l.path === path));
     let from = 0;
-    let client: net.Socket | undefined;
-    let filled: Awaited<ReturnType<typeof fillThenEnd>> | undefined;
-    // The state this case needs can be out of reach on a loaded machine (full-send-queue.ts says so rather than wait):
-    // a fresh connection tries again, once the one given up is logged, so that its line is not taken for this one's.
-    for (let attempt = 0; attempt < 3 && filled?.stuck !== true; attempt++) {
-      if (client !== undefined) {
-        client.destroy();
-        tail?.destroy();
-        await lineFrom(from);
-      }
+    let line: Record<string, unknown> | undefined;
+    let cutAfter = 0;
+    // The state this case needs can be out of reach on a loaded machine (full-send-queue.ts says so rather than wait),
+    // or seem reached while the proxy was only starved of CPU (the kernel then takes the rest, and the answer ends
+    // whole: a CI run's line said status 200, no code): a fresh connection tries again, once the one given up is
+    // logged, so that its line is not taken for this one's.
+    for (let attempt = 0; attempt < 3 && line === undefined; attempt++) {
       tail = undefined;
       from = lines.length;
-      client = await pausedClient(proxy.ports[0]!, h2cHead(path));
-      filled = await fillThenEnd(await waitFor('the origin connection', () => tail), proxy.ports[0]!, client.localPort!);
+      const client = await pausedClient(proxy.ports[0]!, h2cHead(path));
+      const origin = await waitFor('the origin connection', () => tail);
+      const filled = await fillThenEnd(origin, proxy.ports[0]!, client.localPort!);
+      if (filled.stuck) {
+        const ended = await closedAt(origin);
+        const logged = await lineFrom(from);
+        cutAfter = Date.now() - ended;
+        // Not cut, and the kernel took more: the proxy had only been slow to write the rest, which then went whole.
+        const slowNotStuck = logged.code !== 'KEYEDGE_HTTP_SEND_TIMEOUT' && filled.grewSince();
+        if (!slowNotStuck) line = logged;
+        client.destroy();
+        continue;
+      }
+      client.destroy();
+      origin.destroy();
+      await lineFrom(from);
     }
-    expect(filled?.stuck).toBe(true);
-    const ended = await closedAt(tail!);
-    const line = await lineFrom(from);
-    const cutAfter = Date.now() - ended;
-    client!.destroy();
+    expect(line, 'the state reached in 3 tries').toBeDefined();
     // Not a client that left (its close after the lingering, which began before it took the answer's end).
     expect(line).toMatchObject({ status: 200, code: 'KEYEDGE_HTTP_SEND_TIMEOUT', aborted: true });
     expect(cutAfter).toBeGreaterThanOrEqual(SEND_TIMEOUT_MS - 500);

@@ -43,6 +43,13 @@ export interface Filled {
   readonly queued: number;
   /** Whether a piece was left (partly) in the proxy's own buffer: false, the state was not reached (the test cannot show it). */
   readonly stuck: boolean;
+  /**
+   * Whether the kernel has since taken more for the client than it held when `stuck` was judged. While the client
+   * reads nothing, that is the proxy's close (a TLS close_notify, a FIN: some 25 bytes) when it cut the client, or
+   * the rest of the answer when it had only not yet written what it read (starved of CPU for STILL_MS on a loaded
+   * machine): the state was not reached after all, and the answer may end whole.
+   */
+  grewSince(): boolean;
 }
 
 /**
@@ -67,7 +74,8 @@ export async function fillThenEnd(origin: net.Socket, proxyPort: number, clientP
   // All of it with the kernel but what the paused client's TLS socket read (its stream mark, 16 KiB on Node 20 and
   // 64 KiB from Node 22, and what its TLS layer holds besides: 61 KiB in all seen on Node 20, 77 KiB on Node 24):
   // with less room than that, pieces would pile up behind a write the relay waits on, and the state is out of reach.
-  if (look().held < FIRST - getDefaultHighWaterMark(false) - 64 * 1024) return { body, queued: look().held, stuck: false };
+  const notReached = (): Filled => ({ body, queued: look().held, stuck: false, grewSince: () => false });
+  if (look().held < FIRST - getDefaultHighWaterMark(false) - 64 * 1024) return notReached();
   let stuck = false;
   const piece = chunk(Buffer.alloc(PIECE, 's'));
   // At most 64 MiB: far over any loopback send buffer (Linux's tcp_wmem bound is 4 MiB by default).
@@ -81,7 +89,7 @@ export async function fillThenEnd(origin: net.Socket, proxyPort: number, clientP
     // Neither taken nor read (the relay waits for a 'drain' after all): the state is out of reach, not an endless wait.
     const deadline = Date.now() + 5000;
     for (;;) {
-      if (Date.now() > deadline) return { body, queued: look().held, stuck: false };
+      if (Date.now() > deadline) return notReached();
       await sleep(1);
       const now = look();
       if (now.held - before >= PIECE) break;
@@ -98,5 +106,5 @@ export async function fillThenEnd(origin: net.Socket, proxyPort: number, clientP
   }
   const queued = look().held;
   origin.write('0\r\n\r\n');
-  return { body, queued, stuck };
+  return { body, queued, stuck, grewSince: () => look().held > queued };
 }
