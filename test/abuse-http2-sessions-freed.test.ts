@@ -186,6 +186,29 @@ it('a connection whose stream waited on a slow origin past the idle timeout stil
   });
 }, 30_000);
 
+it('a connection whose stream the client reset, unanswered, after the idle timeout passed still gets its GOAWAY once idle', async () => {
+  // The idle deadline fired while the stream was open (nothing to do), and Node re-arms its timer only on a stream's
+  // read or write: a stream the client reset before any answer ended with neither, and left the connection without an
+  // idle deadline for ever (PINGs, RST_STREAM and SETTINGS do not re-arm it), held until the client closed it.
+  await withShortWorker('ec-reset-idle', { http2IdleTimeoutMs: 1000 }, async (short) => {
+    const session = h2Connect(short.ports[0]!, ca, 'a.lab.test');
+    const goaway = new Promise<number>((resolve) => session.once('goaway', resolve));
+    try {
+      // /slow answers after SLOW_ORIGIN_MS: the client resets its stream before, with nothing sent on it.
+      const stream = session.request({ ':path': '/slow', ':authority': 'a.lab.test' });
+      stream.on('error', () => undefined);
+      await sleep(SLOW_ORIGIN_MS - 1_000);
+      stream.close(http2.constants.NGHTTP2_CANCEL);
+      const reset = Date.now();
+      const code = await Promise.race([goaway, sleep(10_000).then(() => 'none')]);
+      expect(code, 'GOAWAY within 10 s of the reset').toBe(http2.constants.NGHTTP2_NO_ERROR);
+      expect(Date.now() - reset).toBeGreaterThan(500);
+    } finally {
+      session.destroy();
+    }
+  });
+}, 30_000);
+
 it('a client that floods PINGs and never reads their acknowledgements has its connection closed, not held open for ever', async () => {
   // Node destroys such a session (its idle deadline passed with nothing moving) but closes the socket only once the
   // write in flight completes, which a client that never reads never lets happen: no stream, no timer was left.

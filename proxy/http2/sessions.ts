@@ -108,6 +108,8 @@ interface Live {
   calmed: boolean;
   /** When #checkPeers first found the session closing, no stream open, its socket still open. */
   lastWriteSince: number | undefined;
+  /** The idle deadline passed while streams were open: Node's timer is spent until a stream reads or writes again. */
+  idleSpent: boolean;
 }
 
 /**
@@ -320,6 +322,7 @@ export class Http2Sessions {
       closing: false,
       calmed: false,
       lastWriteSince: undefined,
+      idleSpent: false,
     };
     this.#live.set(session, live);
     // Node's destroys from inside its reading of frames, put off until the read is done (they aborted Node 22).
@@ -345,7 +348,7 @@ export class Http2Sessions {
       if (session.state.outboundQueueSize !== undefined && session.state.outboundQueueSize > 0) {
         this.#ended(session, true);
         live.socket.destroy();
-      }
+      } else live.idleSpent = true;
     });
     session.once('close', () => {
       // Node leaves the idle timer armed on a closed session, holding it (and its socket) until it fires.
@@ -383,6 +386,13 @@ export class Http2Sessions {
   /** A stream of `session` closed: it leaves the open set, and a reset not of our making counts against the connection. */
   #closed(session: ServerHttp2Session, live: Live, stream: ServerHttp2Stream): void {
     live.open.delete(stream);
+    // The last stream ended without a read or write (the client reset it before any answer) after the idle deadline
+    // passed: Node's spent timer is re-armed only by one, and frames on the connection (PING, RST_STREAM) do not, so the
+    // connection would have no idle deadline left. A fresh one, from now.
+    if (live.idleSpent && live.open.size === 0 && !live.closing && !session.destroyed) {
+      live.idleSpent = false;
+      session.setTimeout(this.#options.limits.http2IdleTimeoutMs);
+    }
     const code = stream.rstCode;
     if (code === undefined || cutByUs(stream) || stalledSend(stream as unknown as ServerResponse)) return;
     // NO_ERROR is a normal end, or our RST_STREAM after a whole answer (RFC 9113 §8.1). A client's RST_STREAM NO_ERROR
