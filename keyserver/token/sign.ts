@@ -99,6 +99,25 @@ export function signPlan(key: TokenKey, request: SignRequest): SignPlan {
   };
 }
 
+/** Room for the signature of the C_Sign that ends an operation left active: past any key's (RSA-16384: 2048 bytes). */
+export const END_SIGN_BYTES = 4096;
+
+/**
+ * Ends the sign operation a failed C_SignInit or C_Sign may have left active on `session`, so that its next C_SignInit
+ * is not CKR_OPERATION_ACTIVE, and with it every sign on the session until a restart. A C_Sign answered
+ * CKR_BUFFER_TOO_SMALL does not end the operation (PKCS#11 v2.40 §5.2, §5.11), and some tokens leave it active on
+ * other errors; any other answer to a C_Sign ends it, so one C_Sign with room for any signature does, whatever it
+ * answers (its signature, if any, is not used). With no operation active it is answered
+ * CKR_OPERATION_NOT_INITIALIZED at once. The threads do the same in their own source (sign-thread.ts).
+ */
+export function endSign(pkcs11: pkcs11js.PKCS11, session: pkcs11js.Handle, input: Buffer): void {
+  try {
+    pkcs11.C_Sign(session, input, Buffer.allocUnsafe(END_SIGN_BYTES));
+  } catch {
+    // Ended either way, or none was active.
+  }
+}
+
 /** Throws if the token's answer to `plan` is an RSA signature that does not verify (sign-verify.ts): it must not be used. */
 export function checkSigned(plan: SignPlan, signature: Uint8Array): void {
   if (plan.verify === undefined) return;
@@ -112,8 +131,14 @@ export function checkSigned(plan: SignPlan, signature: Uint8Array): void {
  */
 export async function signDigest(pkcs11: pkcs11js.PKCS11, session: pkcs11js.Handle, key: TokenKey, request: SignRequest): Promise<Buffer> {
   const plan = signPlan(key, request);
-  pkcs11.C_SignInit(session, plan.mechanism, key.privateHandle);
-  const signature = await pkcs11.C_SignAsync(session, plan.input, Buffer.allocUnsafe(plan.outputBytes));
+  let signature: Buffer;
+  try {
+    pkcs11.C_SignInit(session, plan.mechanism, key.privateHandle);
+    signature = await pkcs11.C_SignAsync(session, plan.input, Buffer.allocUnsafe(plan.outputBytes));
+  } catch (err) {
+    endSign(pkcs11, session, plan.input);
+    throw err;
+  }
   checkSigned(plan, signature);
   return signature;
 }
