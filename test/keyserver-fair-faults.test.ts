@@ -6,11 +6,14 @@
  * (NODE_OPTIONS=--require), driven by files in a control directory:
  * `thread-hang` holds a thread's C_Sign on a FIFO no one writes to (as an HSM
  * that stopped answering) until the test opens it for writing,
- * `thread-crash` ends a thread at its next C_Sign.
+ * `thread-crash` ends a thread at its next C_Sign; `sign-short-main` and
+ * `sign-short-thread` give the next C_Sign on the event loop or on a thread (once)
+ * a one-byte signature buffer, which SoftHSM2 answers CKR_BUFFER_TOO_SMALL,
+ * leaving the sign operation active on that session.
  */
 import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { closeSync, constants, mkdirSync, openSync, rmSync, writeFileSync } from 'node:fs';
+import { closeSync, constants, existsSync, mkdirSync, openSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, beforeAll, expect, it } from 'vitest';
 import { encodeRequest } from '../keyserver/protocol/codec.js';
@@ -20,18 +23,30 @@ import { digestOf, metricValue, type ProvisionedKey, provisionKeys, RawConnectio
 import { waitFor } from './helpers/proxy-cluster.js';
 
 const INJECT = `
-const { existsSync, openSync } = require('node:fs');
+const { existsSync, openSync, unlinkSync } = require('node:fs');
 const { join } = require('node:path');
 const Module = require('node:module');
 const { isMainThread } = require('node:worker_threads');
 const dir = process.env.KS_FAULTS;
 const load = Module._load;
+/** Whether this call takes the one-shot fault name (the first to remove its file, of every thread). */
+const once = (name) => {
+  try {
+    unlinkSync(join(dir, name));
+    return true;
+  } catch {
+    return false;
+  }
+};
 Module._load = function (request, ...rest) {
   const loaded = load.call(this, request, ...rest);
-  if (isMainThread || !/pkcs11js[\\\\/]index\\.js$/.test(request) || loaded.PKCS11.prototype.injected) return loaded;
+  if (!/pkcs11js[\\\\/]index\\.js$/.test(request) || loaded.PKCS11.prototype.injected) return loaded;
   const proto = loaded.PKCS11.prototype;
   const sign = proto.C_Sign;
   proto.C_Sign = function (...args) {
+    // The token's own answer to a signature buffer too small: CKR_BUFFER_TOO_SMALL, the operation left active (v2.40 §5.2).
+    if (once(isMainThread ? 'sign-short-main' : 'sign-short-thread')) return sign.call(this, args[0], args[1], args[2].subarray(0, 1));
+    if (isMainThread) return sign.apply(this, args);
     if (existsSync(join(dir, 'thread-crash'))) process.exit(7);
     if (existsSync(join(dir, 'thread-hang'))) openSync(join(dir, 'hang-fifo'), 'r');
     return sign.apply(this, args);
@@ -61,7 +76,7 @@ beforeAll(() => {
 
 afterEach(async () => {
   for (const connection of connections.splice(0)) connection.close();
-  for (const name of ['thread-hang', 'thread-crash']) fault(name, false);
+  for (const name of ['thread-hang', 'thread-crash', 'sign-short-main', 'sign-short-thread']) fault(name, false);
   const running = child;
   child = undefined;
   if (running === undefined || running.exitCode !== null || running.signalCode !== null) return;
@@ -254,3 +269,33 @@ it('a connection answered DEADLINE_EXCEEDED again and again cannot pile up signs
   // connection capped at 256 in flight.
   expect(dropped).toBeLessThan(2 * cap);
 }, 60_000);
+
+it('a C_Sign that leaves its operation active (CKR_BUFFER_TOO_SMALL) fails that sign only: the session signs on, inline and on the threads', async () => {
+  await startKeyserver({ requestTimeoutMs: 20_000 });
+  const connection = await connect();
+  const failures = new Set<string>();
+  /** Writes `count` signs at once and waits for them: how many were answered with a signature that verifies. */
+  const signBurst = async (count: number): Promise<number> => {
+    const signs = writeSigns(connection, count);
+    const answers = await Promise.all(signs.map(({ id }) => connection.answer(id, 30_000)));
+    for (const answer of answers) if (answer.op === 'error') failures.add(`${answer.code}: ${answer.detail}`);
+    return answers.filter((answer, i) => answer.op === 'signature' && verifies(Algorithm.RSA_PSS_SHA256, signs[i]!.message, key.publicKey, answer.signature))
+      .length;
+  };
+  // One at a time: each is signed on the event loop (its budget is full at such a rate), on its own session.
+  fault('sign-short-main', true);
+  let signed = 0;
+  for (let i = 0; i < 51; i++) signed += await signBurst(1);
+  expect(existsSync(join(control, 'sign-short-main')), 'no sign was made on the event loop').toBe(false);
+  // Before: every sign after the faulty one was SIGN_FAILED (C_SignInit: CKR_OPERATION_ACTIVE) until a restart.
+  expect(signed, `signed on the event loop after its C_Sign left the operation active; refusals: ${[...failures].join('; ')}`).toBe(50);
+  // Bursts past the inline budget: most go to the threads, one of which meets the fault.
+  fault('sign-short-thread', true);
+  let failed = 0;
+  for (let round = 0; round < 10 && existsSync(join(control, 'sign-short-thread')); round++) failed += 100 - (await signBurst(100));
+  expect(existsSync(join(control, 'sign-short-thread')), 'no sign reached a thread').toBe(false);
+  expect(failed, `refusals: ${[...failures].join('; ')}`).toBeLessThanOrEqual(1);
+  signed = 0;
+  for (let round = 0; round < 3; round++) signed += await signBurst(100);
+  expect(signed, `signed after a thread's C_Sign left the operation active; refusals: ${[...failures].join('; ')}`).toBe(300);
+}, 90_000);

@@ -64,6 +64,10 @@
  * resolves once every thread has loaded or failed its first start, so the
  * server says it is ready when the threads are.
  *
+ * A failed C_SignInit or C_Sign is followed by a C_Sign that ends any sign
+ * operation it left active (sign.ts `endSign`), inline and on the threads: a
+ * session left with one answers every later C_SignInit CKR_OPERATION_ACTIVE.
+ *
  * An RSA signature is checked against the key's public key where it was made,
  * on its thread or inline (sign-verify.ts), before `sign()` gives it back.
  *
@@ -86,7 +90,7 @@ import type pkcs11js from 'pkcs11js';
 import { TokenError } from '../shared/errors.js';
 import type { Logger } from '../shared/log.js';
 import type { TokenKey } from './keys.js';
-import { checkSigned, signPlan, type SignRequest } from './sign.js';
+import { checkSigned, endSign, signPlan, type SignRequest } from './sign.js';
 import { signatureRefused } from './sign-verify.js';
 import { SessionKeys } from './session-keys.js';
 import { BATCH_MAX, DEADLINE_SKIPPED, type Job, type JobResult, SignThread, type ThreadOwner } from './sign-thread.js';
@@ -307,6 +311,8 @@ export class SigningWorkers {
         pkcs11.C_SignInit(this.#inlineSession, job.mechanism, job.key);
         signature = pkcs11.C_Sign(this.#inlineSession, job.input, Buffer.allocUnsafe(job.outputBytes));
       } catch (err) {
+        // Else the session's next C_SignInit may be CKR_OPERATION_ACTIVE, and so every inline sign after it.
+        endSign(pkcs11, this.#inlineSession, job.input);
         throw new TokenError('KEYEDGE_ERR_TOKEN_OPERATION', (err as Error).message.split('\n')[0] ?? 'C_Sign failed');
       }
       checkSigned(job, signature);

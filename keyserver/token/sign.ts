@@ -11,6 +11,7 @@
  */
 import pkcs11js from 'pkcs11js';
 import { KeyError } from '../shared/errors.js';
+import { ownBytes, ownsItsBytes } from '../shared/own-bytes.js';
 import type { HashName, SignatureScheme } from '../protocol/constants.js';
 import type { TokenKey } from './keys.js';
 import { checkSignature, signatureRefused, type VerifySpec } from './sign-verify.js';
@@ -50,7 +51,10 @@ export function pssFitsKey(hash: HashName, key: Pick<TokenKey, 'bits'>): boolean
 
 /**
  * What the token is asked to do for one signature: mechanism, input, and the size of the answer; for RSA, what its
- * answer is checked against before it is used (sign-verify.ts; ECDSA is not checked, see there).
+ * answer is checked against before it is used (sign-verify.ts; ECDSA is not checked, see there). The input is always
+ * on an ArrayBuffer of its own, exactly its size (own-bytes.ts): a sign waiting for a thread keeps it, and posting it
+ * to the thread copies its whole ArrayBuffer, which for a view of a socket read was the read (up to 64 KiB) and for
+ * Buffer.concat's answer Node's 8 KiB pool slab.
  */
 export interface SignPlan {
   readonly mechanism: pkcs11js.Mechanism;
@@ -72,13 +76,15 @@ export function signPlan(key: TokenKey, request: SignRequest): SignPlan {
   if (!schemeFitsKey(request.scheme, key)) {
     throw new KeyError('KEYEDGE_ERR_KEY_UNSUPPORTED', `${request.scheme} cannot be used with an ${key.kind} key`);
   }
+  // Copied only if it is a view of something larger: the key server's decoder already gives a digest of its own.
+  const digest = ownsItsBytes(request.digest) ? request.digest : ownBytes(request.digest);
   if (request.scheme === 'ecdsa') {
-    return { mechanism: { mechanism: pkcs11js.CKM_ECDSA }, input: request.digest, outputBytes: 2 * Math.ceil(key.bits / 8), verify: undefined };
+    return { mechanism: { mechanism: pkcs11js.CKM_ECDSA }, input: digest, outputBytes: 2 * Math.ceil(key.bits / 8), verify: undefined };
   }
   if (request.scheme === 'rsa-pkcs1') {
     return {
       mechanism: { mechanism: pkcs11js.CKM_RSA_PKCS },
-      input: Buffer.concat([DIGEST_INFO_PREFIX[request.hash], request.digest]),
+      input: ownBytes(DIGEST_INFO_PREFIX[request.hash], digest),
       outputBytes: Math.ceil(key.bits / 8),
       verify: { keyId: key.keyId, spki: key.spki, scheme: 'rsa-pkcs1', hash: request.hash },
     };
@@ -87,10 +93,29 @@ export function signPlan(key: TokenKey, request: SignRequest): SignPlan {
   const parameter: pkcs11js.RsaPSS = { type: pkcs11js.CK_PARAMS_RSA_PSS, hashAlg: hash.ckm, mgf: hash.mgf, saltLen: hash.bytes };
   return {
     mechanism: { mechanism: pkcs11js.CKM_RSA_PKCS_PSS, parameter },
-    input: request.digest,
+    input: digest,
     outputBytes: Math.ceil(key.bits / 8),
     verify: { keyId: key.keyId, spki: key.spki, scheme: 'rsa-pss', hash: request.hash },
   };
+}
+
+/** Room for the signature of the C_Sign that ends an operation left active: past any key's (RSA-16384: 2048 bytes). */
+export const END_SIGN_BYTES = 4096;
+
+/**
+ * Ends the sign operation a failed C_SignInit or C_Sign may have left active on `session`, so that its next C_SignInit
+ * is not CKR_OPERATION_ACTIVE, and with it every sign on the session until a restart. A C_Sign answered
+ * CKR_BUFFER_TOO_SMALL does not end the operation (PKCS#11 v2.40 §5.2, §5.11), and some tokens leave it active on
+ * other errors; any other answer to a C_Sign ends it, so one C_Sign with room for any signature does, whatever it
+ * answers (its signature, if any, is not used). With no operation active it is answered
+ * CKR_OPERATION_NOT_INITIALIZED at once. The threads do the same in their own source (sign-thread.ts).
+ */
+export function endSign(pkcs11: pkcs11js.PKCS11, session: pkcs11js.Handle, input: Buffer): void {
+  try {
+    pkcs11.C_Sign(session, input, Buffer.allocUnsafe(END_SIGN_BYTES));
+  } catch {
+    // Ended either way, or none was active.
+  }
 }
 
 /** Throws if the token's answer to `plan` is an RSA signature that does not verify (sign-verify.ts): it must not be used. */
@@ -106,8 +131,14 @@ export function checkSigned(plan: SignPlan, signature: Uint8Array): void {
  */
 export async function signDigest(pkcs11: pkcs11js.PKCS11, session: pkcs11js.Handle, key: TokenKey, request: SignRequest): Promise<Buffer> {
   const plan = signPlan(key, request);
-  pkcs11.C_SignInit(session, plan.mechanism, key.privateHandle);
-  const signature = await pkcs11.C_SignAsync(session, plan.input, Buffer.allocUnsafe(plan.outputBytes));
+  let signature: Buffer;
+  try {
+    pkcs11.C_SignInit(session, plan.mechanism, key.privateHandle);
+    signature = await pkcs11.C_SignAsync(session, plan.input, Buffer.allocUnsafe(plan.outputBytes));
+  } catch (err) {
+    endSign(pkcs11, session, plan.input);
+    throw err;
+  }
   checkSigned(plan, signature);
   return signature;
 }
