@@ -17,7 +17,7 @@ import { closeSync, constants, existsSync, mkdirSync, openSync, rmSync, writeFil
 import { join } from 'node:path';
 import { afterEach, beforeAll, expect, it } from 'vitest';
 import { encodeRequest } from '../keyserver/protocol/codec.js';
-import { Algorithm } from '../keyserver/protocol/constants.js';
+import { Algorithm, errorCodeName } from '../keyserver/protocol/constants.js';
 import { CLI, removeDir, tempDir } from './helpers/basics.js';
 import { digestOf, metricValue, type ProvisionedKey, provisionKeys, RawConnection, testConfig, verifies, writeConfigFile } from './helpers/keyserver.js';
 import { waitFor } from './helpers/proxy-cluster.js';
@@ -298,4 +298,41 @@ it('a C_Sign that leaves its operation active (CKR_BUFFER_TOO_SMALL) fails that 
   signed = 0;
   for (let round = 0; round < 3; round++) signed += await signBurst(100);
   expect(signed, `signed after a thread's C_Sign left the operation active; refusals: ${[...failures].join('; ')}`).toBe(300);
+}, 90_000);
+
+it("signs answered DEADLINE_EXCEEDED while still queued keep their connection's places: its queue stays within its cap on requests in flight", async () => {
+  // The threads held in the token: nothing leaves the queue but by a turn, and no turn comes. A client sends its
+  // cap's worth of signs, waits for every answer, and again, five times.
+  await startKeyserver({ requestTimeoutMs: 300, shutdownGraceMs: 1_000 });
+  const cap = 256;
+  fault('thread-hang', true);
+  const connection = await connect();
+  const codes = new Map<string, number>();
+  for (let round = 0; round < 5; round++) {
+    const signs = writeSigns(connection, cap);
+    for (const answer of await Promise.all(signs.map(({ id }) => connection.answer(id, 10_000)))) {
+      const code = answer.op === 'error' ? errorCodeName(answer.code) : answer.op;
+      codes.set(code, (codes.get(code) ?? 0) + 1);
+    }
+  }
+  fault('thread-hang', false);
+  releaseHang();
+  // Every sign the threads held or the queue kept leaves it now: dropped at its turn, its deadline past.
+  let last = -1;
+  const dropped = await waitFor(
+    'the drops counted',
+    async () => {
+      const count = await metricValue({ adminPort }, 'keyedge_keyserver_signs_dropped_total', { reason: 'deadline' });
+      const settled = count === last && count > 0 ? count : undefined;
+      last = count;
+      await new Promise((resolve) => setTimeout(resolve, 300));
+      return settled;
+    },
+    20_000,
+  );
+  // Before: each DEADLINE_EXCEEDED freed a place while its sign stayed queued, and each round queued another cap's
+  // worth but for what the event loop signed at once: 5 rounds left well over a thousand queued. Now the later
+  // rounds are answered OVERLOADED once the expired signs hold every place.
+  expect(dropped, JSON.stringify(Object.fromEntries(codes))).toBeLessThanOrEqual(cap);
+  expect(codes.get('OVERLOADED') ?? 0).toBeGreaterThan(0);
 }, 90_000);

@@ -57,7 +57,7 @@ import type { ConnectionState } from './admission.js';
 import type { ClientIdentity } from './authz.js';
 import type { LogLimiter } from '../shared/log-limiter.js';
 import type { KeyserverMetrics } from './metrics.js';
-import type { SigningService } from './service.js';
+import type { SignPlace, SigningService } from './service.js';
 
 /** How long a connection closed for a fatal frame fault waits for the client's end before it is destroyed. */
 const CLOSE_GRACE_MS = 1_000;
@@ -88,6 +88,21 @@ export class KeyserverConnection {
   readonly #onState: (state: ConnectionState) => void;
   readonly #reader: FrameReader;
   #inFlight = 0;
+  /**
+   * Signs answered DEADLINE_EXCEEDED that the token is not yet done with (service.ts SignPlace): with those in
+   * flight, what limits.maxInFlightPerConnection bounds, so a connection's queued signs stay within it.
+   */
+  #outlived = 0;
+  /** This connection as the place of each of its signs (service.ts): one object, not one per request. */
+  readonly #place: SignPlace = {
+    outlive: () => {
+      this.#outlived++;
+      return this.#outlivedDone;
+    },
+  };
+  readonly #outlivedDone = (): void => {
+    this.#outlived--;
+  };
   #frames = 0;
   #state: ConnectionState = 'stalled';
   #deadline: NodeJS.Timeout | undefined;
@@ -208,12 +223,12 @@ export class KeyserverConnection {
       this.#send({ op: 'error', id: err.requestId ?? 0, code: err.wireCode, detail: err.message });
       return;
     }
-    if (this.#inFlight >= this.#limits.maxInFlightPerConnection) {
+    if (this.#inFlight + this.#outlived >= this.#limits.maxInFlightPerConnection) {
       this.#metrics.requests.inc({ op: request.op, algorithm: 'none', result: 'OVERLOADED' });
       this.#send({ op: 'error', id: request.id, code: ErrorCode.OVERLOADED, detail: `more than ${this.#limits.maxInFlightPerConnection} requests in flight` });
       return;
     }
-    const answer = this.#service.handle(request, this.client, this.#closed.signal, readAt);
+    const answer = this.#service.handle(request, this.client, this.#closed.signal, readAt, this.#place);
     if (!(answer instanceof Promise)) {
       this.#send(answer);
       return;

@@ -69,6 +69,17 @@ export interface ServiceOptions {
   readonly requestTimeoutMs: number;
 }
 
+/**
+ * A sign's place among its connection's requests in flight (connection.ts). A sign answered DEADLINE_EXCEEDED while
+ * it still waits for a signing thread keeps its place until the token is done with it (signed, or dropped at its
+ * connection's turn): else each such answer let the client queue one more, and a connection's queue grew past its cap
+ * by every sign expired since its last turn, which with many connections and a slow token is seconds of them each.
+ */
+export interface SignPlace {
+  /** The answer goes before the token is done: the place is kept until the function returned is called (once). */
+  outlive(): () => void;
+}
+
 export class SigningService {
   readonly #options: ServiceOptions;
   /** Signs per key id since the last usage log line; bounded by the keys in the token. */
@@ -103,9 +114,9 @@ export class SigningService {
   /**
    * `signal`: aborted once the answer has nowhere to go (the connection closed). `readAt`: when the request's frame was
    * read whole, where its deadline counts from (SPEC.md, "Deadlines"), for a frame held since (connection.ts); now
-   * when not given.
+   * when not given. `place`: told when a sign's answer (DEADLINE_EXCEEDED) goes before the token is done with it.
    */
-  handle(request: Request, client: ClientIdentity, signal?: AbortSignal, readAt?: number): Response | Promise<Response> {
+  handle(request: Request, client: ClientIdentity, signal?: AbortSignal, readAt?: number, place?: SignPlace): Response | Promise<Response> {
     if (this.#draining) return this.#refuse(request, client, 'SHUTTING_DOWN', 'the key server is shutting down');
     switch (request.op) {
       case 'ping':
@@ -118,11 +129,17 @@ export class SigningService {
         return { op: 'publicKey', id: request.id, spki: found.key.spki };
       }
       case 'sign':
-        return this.#sign(request, client, signal, readAt);
+        return this.#sign(request, client, signal, readAt, place);
     }
   }
 
-  #sign(request: SignRequestOf, client: ClientIdentity, signal: AbortSignal | undefined, readAt: number | undefined): Response | Promise<Response> {
+  #sign(
+    request: SignRequestOf,
+    client: ClientIdentity,
+    signal: AbortSignal | undefined,
+    readAt: number | undefined,
+    place: SignPlace | undefined,
+  ): Response | Promise<Response> {
     const found = this.#authorisedKey(request.keyId, request, client);
     if ('op' in found) return found;
     const { key, parts } = found;
@@ -152,15 +169,21 @@ export class SigningService {
     if (!(signed instanceof Promise)) return this.#signed(request, client, parts, key, algorithm, signed, started);
     return new Promise<Response>((resolve) => {
       let answered = false;
+      /** Set when the answer went before the token was done with the sign: called once it is (signed or dropped). */
+      let outlived: (() => void) | undefined;
       const late = (): void => {
         answered = true;
         this.#durationChild(algorithm.name).observe((performance.now() - started) / 1000);
         resolve(this.#refuse(request, client, 'DEADLINE_EXCEEDED', `no signature within ${timeoutMs} ms`));
       };
-      const timer = setTimeout(late, deadline - Date.now());
+      const timer = setTimeout(() => {
+        outlived = place?.outlive();
+        late();
+      }, deadline - Date.now());
       signed.then(
         (raw) => {
           if (answered) {
+            outlived?.();
             // The token did sign, too late for the client: it still counts as a use of the key.
             this.#countUse(key);
             return;
@@ -173,6 +196,7 @@ export class SigningService {
           // Counted whether or not the timer answered first: the sign was dropped unsigned either way.
           if (dropped !== undefined) this.#options.metrics.signsDropped.inc({ reason: dropped });
           if (answered) {
+            outlived?.();
             // Too late for the client, but the token gave back a bad signature all the same.
             if (isSignatureRefused(err)) this.#signatureRefused(request, client, key, err);
             return;
