@@ -207,7 +207,8 @@ describe('HTTP/2 framing abuse', () => {
 
   it('an :authority with userinfo or a port that is not digits is refused 400, never routed on its first name and handed to the origin as Host', async () => {
     // nghttp2 lets `@` and `,` through; routing reads the name before the first `:`.
-    const authorities = [`${HOST}:1@evil.test`, `${HOST}:443,evil.test`, `${HOST}:x`];
+    // And characters no host name has: `3627734734,…` reached the origin as X-Forwarded-Host, read as an IP address.
+    const authorities = [`${HOST}:1@evil.test`, `${HOST}:443,evil.test`, `${HOST}:x`, `3627734734,${HOST}`, `evil;${HOST}`];
     for (const [i, authority] of authorities.entries()) {
       const path = `/authority-${i}`;
       const client = await rawClient();

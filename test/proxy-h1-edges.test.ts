@@ -578,11 +578,26 @@ describe('a Host that is not host[:port]', () => {
   // RFC 9112 §3.2: a Host with an invalid value is answered 400. Routing reads the name before the first ':', so
   // `e.lab.test:1@evil.test` was routed to e.lab.test and reached its origin as Host and X-Forwarded-Host, which an
   // application building links from them reads as evil.test (Host header poisoning).
-  it.each([[`${HOST}:1@evil.test`], [`${HOST}:x`], [`evil.test@${HOST}`]])('%s: 400 KEYEDGE_HTTP_BAD_TARGET, never forwarded', async (host) => {
+  // And characters no host name has: under a wildcard domain, `3627734734,a.example` routed on its leftmost label and
+  // reached the origin as X-Forwarded-Host, whose first element an application takes for the host (an IP address).
+  it.each([[`${HOST}:1@evil.test`], [`${HOST}:x`], [`evil.test@${HOST}`], [`3627734734,${HOST}`], [`evil;${HOST}`], [`*.${HOST}`]])(
+    '%s: 400 KEYEDGE_HTTP_BAD_TARGET, never forwarded',
+    async (host) => {
+      const before = originHeads.length;
+      const { received } = await exchange(`GET /host-probe HTTP/1.1\r\nHost: ${host}\r\n\r\n`, (r) => r.includes('\r\n\r\n'));
+      expect(received).toMatch(/^HTTP\/1\.1 400 /);
+      expect(originHeads.slice(before).join('\n')).not.toContain('evil');
+      expect(await accessLine('/host-probe')).toMatchObject({ status: 400, code: 'KEYEDGE_HTTP_BAD_TARGET' });
+      lines.length = 0;
+    },
+  );
+
+  it("an absolute-form target's authority, which replaces Host, is held to the same rule", async () => {
     const before = originHeads.length;
-    const { received } = await exchange(`GET /host-probe HTTP/1.1\r\nHost: ${host}\r\n\r\n`, (r) => r.includes('\r\n\r\n'));
+    const text = `GET https://3627734734,${HOST}/host-probe HTTP/1.1\r\nHost: ${HOST}\r\n\r\n`;
+    const { received } = await exchange(text, (r) => r.includes('\r\n\r\n'));
     expect(received).toMatch(/^HTTP\/1\.1 400 /);
-    expect(originHeads.slice(before).join('\n')).not.toContain('evil');
+    expect(originHeads.slice(before)).toEqual([]);
     expect(await accessLine('/host-probe')).toMatchObject({ status: 400, code: 'KEYEDGE_HTTP_BAD_TARGET' });
     lines.length = 0;
   });

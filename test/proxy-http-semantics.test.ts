@@ -308,7 +308,22 @@ describe('hostRefusal', () => {
     expect(hostRefusal(host)).toBeUndefined();
   });
 
-  it.each(['a.lab.test:1@evil.test', 'evil.test@a.lab.test', 'a.lab.test:x', 'a.lab.test/x', 'a lab.test'])('%s is refused', (host) => {
+  it.each([
+    'a.lab.test:1@evil.test',
+    'evil.test@a.lab.test',
+    'a.lab.test:x',
+    'a.lab.test/x',
+    'a lab.test',
+    // RFC 3986 allows these in a reg-name; no host name has them, and `,` splits X-Forwarded-Host for the origin.
+    '3627734734,a.lab.test',
+    '216.58.214.206,a.lab.test',
+    'a;b.lab.test',
+    '*.lab.test',
+    "a'b.lab.test",
+    'a%2eb.lab.test',
+    'a~b.lab.test',
+    'a(b).lab.test',
+  ])('%s is refused', (host) => {
     expect(hostRefusal(host)).toMatchObject({ status: 400, code: 'KEYEDGE_HTTP_BAD_TARGET' });
   });
 });

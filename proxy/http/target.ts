@@ -34,14 +34,22 @@ export type RequestTarget =
 const badTarget = (why: string): Refusal => ({ status: 400, code: 'KEYEDGE_HTTP_BAD_TARGET', body: `bad request target: ${why}\n` });
 const FORWARDED_METHODS = 'GET, HEAD, POST, PUT, DELETE, OPTIONS, TRACE, PATCH';
 /**
- * `host[:port]` (RFC 3986 §3.2.2, §3.2.3): an IP literal or a reg-name, a
+ * `host[:port]` (RFC 3986 §3.2.2, §3.2.3): an IP literal or a host name, a
  * port of digits. Routing reads the name before the first `:`, so without
  * this `a.example:1@evil.example` (userinfo, which Host and :authority never
  * carry) was routed to a.example and reached its origin as Host and
  * X-Forwarded-Host, which an application building links from them reads as
- * evil.example (Host header poisoning). An empty Host passes: it routes nowhere.
+ * evil.example (Host header poisoning). The name is a DNS name's characters
+ * (letters, digits, `-`, `.`, and `_`, which some names carry), not all that
+ * RFC 3986's reg-name allows: a wildcard routes any leftmost label, and
+ * `216.58.214.206,a.victim.example` (or `3627734734,a…`) reached the
+ * origin of `*.victim.example` as X-Forwarded-Host, whose first
+ * comma-separated element an application behind a proxy takes for the host
+ * (Express's `trust proxy`): that IP address, in its links. No name served
+ * over TLS has a sub-delimiter, `~` or `%` in it. An empty Host passes: it
+ * routes nowhere.
  */
-const AUTHORITY = /^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::[0-9]*)?$/;
+const AUTHORITY = /^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._]*)(?::[0-9]*)?$/;
 const BAD_HOST = badTarget('the Host is not host[:port]');
 const FRAGMENT = badTarget('a fragment (#) is not sent in a request');
 /**
@@ -108,6 +116,9 @@ export function normaliseTarget(req: IncomingMessage): Refusal | undefined {
   // A refused target is logged by its path only: the raw one may hold a password.
   req.url = target.path;
   if ('refusal' in target) return target.refusal;
-  if (target.host !== undefined) req.headers.host = target.host;
-  return undefined;
+  if (target.host === undefined) return undefined;
+  // The target's authority replaces Host, and is held to the same rule: WHATWG URL keeps `,` and `;` in a host.
+  const refused = hostRefusal(target.host);
+  if (refused === undefined) req.headers.host = target.host;
+  return refused;
 }
