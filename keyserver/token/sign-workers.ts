@@ -298,17 +298,23 @@ export class SigningWorkers {
       deadline,
     };
     return new Promise((resolve, reject) => {
-      // Every way a queued sign ends (answered, dropped, skipped, signed again inline) goes through these, once.
+      // Every way a queued sign ends (answered, dropped, skipped, signed again inline) goes through these; released
+      // once even were one called twice, since a second release would free a copy another sign still holds.
+      let holding = true;
+      const release = (): void => {
+        if (holding) keys.release(held);
+        holding = false;
+      };
       const pending: Pending = {
         job,
         lane: undefined,
         signal,
         resolve: (signature) => {
-          keys.release(held);
+          release();
           resolve(signature);
         },
         reject: (err) => {
-          keys.release(held);
+          release();
           reject(err);
         },
       };
