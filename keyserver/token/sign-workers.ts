@@ -39,7 +39,10 @@
  * waits behind the threads' queue while the loop could sign it.
  *
  * Keys are signed through their session copies (session-keys.ts), which
- * spares the token re-reading its stored object on every C_SignInit.
+ * spares the token re-reading its stored object on every C_SignInit. A sign
+ * holds the handle it took from the time it is asked for until it settles, so
+ * a copy dropped by a recheck meanwhile is not destroyed under a sign queued or
+ * posted with it.
  *
  * A thread that fails is logged and restarted with a backoff (sign-thread.ts);
  * its unanswered jobs go to another thread or inline (or are skipped, their
@@ -270,18 +273,51 @@ export class SigningWorkers {
     if (this.#closed) return Promise.reject(new TokenError('KEYEDGE_ERR_TOKEN_OPERATION', 'the signing workers are closed'));
     const plan = signPlan(key, request);
     const now = performance.now();
-    const handle = this.#sessionKeys.handleFor(key, now);
+    // Held until the sign settles, however it does: a copy dropped meanwhile is destroyed after it (session-keys.ts).
+    const keys = this.#sessionKeys;
+    const held = keys.take(key, now);
     const stuck = this.#watch.anyStuck;
     const inline = !stuck && this.#inlineBudgetLeft(now);
     if (inline || !this.#anyTakesJobs()) {
-      // Every thread up is stuck in the token: the loop must not be next.
-      if (stuck) throw new TokenError('KEYEDGE_ERR_TOKEN_OPERATION', NOT_ANSWERING);
-      // No thread up: the loop signs, over budget or not, rather than refuse what the token can do.
-      return this.#signInline({ key: handle, ...plan }, now);
+      try {
+        // Every thread up is stuck in the token: the loop must not be next.
+        if (stuck) throw new TokenError('KEYEDGE_ERR_TOKEN_OPERATION', NOT_ANSWERING);
+        // No thread up: the loop signs, over budget or not, rather than refuse what the token can do.
+        return this.#signInline({ key: held.handle, ...plan }, now);
+      } finally {
+        keys.release(held);
+      }
     }
-    const job = { id: ++this.#nextId, key: handle, mechanism: plan.mechanism, input: plan.input, outputBytes: plan.outputBytes, verify: plan.verify, deadline };
+    const job = {
+      id: ++this.#nextId,
+      key: held.handle,
+      mechanism: plan.mechanism,
+      input: plan.input,
+      outputBytes: plan.outputBytes,
+      verify: plan.verify,
+      deadline,
+    };
     return new Promise((resolve, reject) => {
-      const pending: Pending = { job, lane: undefined, signal, resolve, reject };
+      // Every way a queued sign ends (answered, dropped, skipped, signed again inline) goes through these; released
+      // once even were one called twice, since a second release would free a copy another sign still holds.
+      let holding = true;
+      const release = (): void => {
+        if (holding) keys.release(held);
+        holding = false;
+      };
+      const pending: Pending = {
+        job,
+        lane: undefined,
+        signal,
+        resolve: (signature) => {
+          release();
+          resolve(signature);
+        },
+        reject: (err) => {
+          release();
+          reject(err);
+        },
+      };
       this.#pending.set(job.id, pending);
       this.#queue.push(signal ?? NO_CONNECTION, pending);
       this.#scheduleFlush();
