@@ -4,7 +4,9 @@
  * stream's `write` with undici's pause and resume as backpressure (a refused
  * write pauses the origin until the stream's 'drain', with the stall clock
  * running, send-stall.ts), trailers when the origin declared them (RFC 9110
- * §6.6.2). What it shares with forward.ts's Exchange for HTTP/1.1 (the
+ * §6.6.2; the END_STREAM then goes with them, so an answer whose trailers
+ * a shut window holds back is not over: `endAwaitsTrailers`). What it
+ * shares with forward.ts's Exchange for HTTP/1.1 (the
  * attempt, the gate, settling, aborting, backpressure) is origin-exchange.ts.
  *
  * The one rule for a client that leaves: the stream closes or is reset, or
@@ -90,7 +92,14 @@ export abstract class StreamExchange extends OriginExchange<StreamForwardOptions
     // A head Node refuses to send (a value with bytes RFC 9110 §5.5 forbids, a stream already closed) throws here: undici aborts and calls onError.
     stream.respond(head, declaresTrailers ? WAIT_FOR_TRAILERS : undefined);
     this.owner.onStatus(statusCode);
-    if (declaresTrailers) stream.once('wantTrailers', () => sendTrailers(stream, this.trailers ?? [], this.owner));
+    if (declaresTrailers) {
+      // Not for an answer Node ended with its head (HEAD, 204, 304): its END_STREAM went with the head.
+      if (!stream.writableEnded) trailersDue.add(stream);
+      stream.once('wantTrailers', () => {
+        trailersDue.delete(stream);
+        sendTrailers(stream, this.trailers ?? [], this.owner);
+      });
+    }
     return true;
   }
 
@@ -142,6 +151,21 @@ export function trackStream(stream: ServerHttp2Stream, exchange: StreamExchange)
 /** The stream closed, or was reset while its answer was open (each once; idempotent): its exchange, if any, hears the client left. */
 export function streamEnded(stream: ServerHttp2Stream): void {
   onAnswerEnd.call(stream as Tracked);
+}
+
+/** Answers sent with waitForTrailers whose 'wantTrailers' has not come yet: their END_STREAM is still to go. */
+const trailersDue = new WeakSet<ServerHttp2Stream>();
+
+/**
+ * Whether `stream`'s END_STREAM waits on its trailers, which Node sends only
+ * once nghttp2 has read the body's end, and nghttp2 reads it only with
+ * window to spare (RFC 9113 §6.9): a client whose window stays shut (0, or
+ * exactly the body's length) never lets it, though the body was all written
+ * (`writableFinished`). sessions.ts bounds such an end as any other
+ * (`#checkEnds`).
+ */
+export function endAwaitsTrailers(stream: ServerHttp2Stream): boolean {
+  return trailersDue.has(stream);
 }
 
 const WAIT_FOR_TRAILERS = Object.freeze({ waitForTrailers: true });

@@ -29,9 +29,10 @@
  *   nghttp2 done with it after its GOAWAY for a connection error, which Node
  *   20 neither reports nor closes: session-ended.ts, `#checkPeers` too),
  *   each stream's origin request is aborted at once (origin-handler.ts);
- *   and an answer whose end has waited on a shut flow-control window for
- *   `limits.sendTimeoutMs` is cut (`#checkEnds`: the send-stall clock only
- *   runs while a write is refused); a connection closing with no stream
+ *   and an answer whose end (its last bytes, or its trailers) has waited on
+ *   a shut flow-control window for `limits.sendTimeoutMs` is cut
+ *   (`#checkEnds`: the send-stall clock only runs while a write is
+ *   refused); a connection closing with no stream
  *   open whose last frames the client never takes is closed after
  *   `limits.sendTimeoutMs`, one Node destroyed after a second (`#checkLastWrite`).
  * Floods of frames are nghttp2's (settings.ts). `close()` sends GOAWAY
@@ -55,7 +56,7 @@ import { AccessAccounts } from '../http/access.js';
 import { hstsHeaders } from '../http/handler.js';
 import { stalledSend } from '../http/send-stall.js';
 import { tcpConnectionGone } from '../tls/node-internals.js';
-import { abandonStream } from './origin-handler.js';
+import { abandonStream, endAwaitsTrailers } from './origin-handler.js';
 import { ResetGuard } from './reset-guard.js';
 import { deferDestroysFromRead, destroyPending } from './deferred-destroy.js';
 import { endedByNghttp2 } from './session-ended.js';
@@ -295,11 +296,18 @@ export class Http2Sessions {
    * unchanged) for `limits.sendTimeoutMs` is cut, as the clock would cut it.
    * Node completes a stream's writes in batches, so progress shows a batch
    * at a time (at most the high-water mark and a chunk): the granularity of
-   * the clock's 'drain'.
+   * the clock's 'drain'. An answer with trailers has its writable side
+   * finished once its body is written, but its END_STREAM goes out with the
+   * trailers, which Node sends only once nghttp2 has read the body's end
+   * through flow control (RFC 9113 §6.9): its end waits on the window all the
+   * same (nothing pending: Node 20 to 24), and a client that kept its window
+   * shut held it for ever, with no write refused, nothing queued on the
+   * session and no access line.
    */
   #checkEnds(live: Live, now: number): void {
     for (const stream of live.open) {
-      if (!stream.writableEnded || stream.writableFinished || stream.destroyed) continue;
+      // Finished: all written, its END_STREAM gone, unless that waits on trailers a shut window holds back (origin-handler.ts).
+      if (!stream.writableEnded || stream.destroyed || (stream.writableFinished && !endAwaitsTrailers(stream))) continue;
       const pending = stream.writableLength;
       const seen = this.#ends.get(stream);
       if (seen === undefined || seen.pending !== pending) this.#ends.set(stream, { at: now, pending });
