@@ -9,32 +9,27 @@
 import { createHash, createPublicKey, verify } from 'node:crypto';
 import pkcs11js from 'pkcs11js';
 import { afterAll, beforeAll, expect, it, vi } from 'vitest';
-import { createLogger } from '../keyserver/shared/log.js';
-import { findSoftHsmModule } from '../keyserver/token/embedded.js';
 import { generateKey } from '../keyserver/token/key-generate.js';
 import type { TokenKey } from '../keyserver/token/keys.js';
 import { SessionKeys } from '../keyserver/token/session-keys.js';
-import { SigningWorkers } from '../keyserver/token/sign-workers.js';
-import { temporaryToken } from './helpers/token.js';
+import { type SigningLab, startSigningWorkers } from './helpers/signing-workers.js';
 
 /** session-keys.ts's default, the one SigningWorkers uses. */
 const RECHECK_MS = 1000;
 /** Asked for in one turn of the loop: far past what the inline budget (2 ms of signing) takes. */
 const SIGNS = 200;
 
-let env: ReturnType<typeof temporaryToken>;
-let signers: SigningWorkers;
+let lab: SigningLab;
+let env: SigningLab['env'];
+let signers: SigningLab['signers'];
 let rsa: TokenKey;
 beforeAll(async () => {
-  env = temporaryToken();
+  lab = await startSigningWorkers('session-key-holders-test', 600_000);
+  ({ env, signers } = lab);
   rsa = generateKey(env.token, 'rsa-2048', 'holders-rsa');
-  signers = new SigningWorkers(env.token, findSoftHsmModule(), 2, createLogger('session-key-holders-test', 'silent'), { stuckAfterMs: 600_000 });
-  await signers.ready();
-  expect(signers.threadsUp).toBe(2);
 }, 60_000);
 afterAll(async () => {
-  await signers?.close();
-  env?.cleanup();
+  await lab?.close();
 });
 
 /** Whether a template asks for CKA_SIGN alone (the recheck's read). */

@@ -10,33 +10,28 @@ import { constants, createHash, createPublicKey, verify } from 'node:crypto';
 import { afterAll, beforeAll, expect, it, vi } from 'vitest';
 import { Algorithm, type AlgorithmByte, algorithmInfo } from '../keyserver/protocol/constants.js';
 import { decodeRequest, encodeRequest } from '../keyserver/protocol/codec.js';
-import { createLogger } from '../keyserver/shared/log.js';
-import { findSoftHsmModule } from '../keyserver/token/embedded.js';
 import { generateKey } from '../keyserver/token/key-generate.js';
 import type { TokenKey } from '../keyserver/token/keys.js';
 import { type Job, SignThread } from '../keyserver/token/sign-thread.js';
-import { SigningWorkers } from '../keyserver/token/sign-workers.js';
-import { temporaryToken } from './helpers/token.js';
+import { type SigningLab, startSigningWorkers } from './helpers/signing-workers.js';
 
 const READ_BYTES = 64 * 1024;
 /** Signs asked for in one turn of the loop: far past what the inline budget (2 ms of signing) takes. */
 const SIGNS_PER_ALGORITHM = 120;
 
-let env: ReturnType<typeof temporaryToken>;
-let signers: SigningWorkers;
+let lab: SigningLab;
+let env: SigningLab['env'];
+let signers: SigningLab['signers'];
 let ec: TokenKey;
 let rsa: TokenKey;
 beforeAll(async () => {
-  env = temporaryToken();
+  lab = await startSigningWorkers('sign-input-test', 60_000);
+  ({ env, signers } = lab);
   ec = generateKey(env.token, 'ec-p256', 'input-ec');
   rsa = generateKey(env.token, 'rsa-2048', 'input-rsa');
-  signers = new SigningWorkers(env.token, findSoftHsmModule(), 2, createLogger('sign-input-test', 'silent'), { stuckAfterMs: 60_000 });
-  await signers.ready();
-  expect(signers.threadsUp).toBe(2);
 }, 60_000);
 afterAll(async () => {
-  await signers?.close();
-  env?.cleanup();
+  await lab?.close();
 });
 
 /** A SIGN frame for `key` in the middle of a 64 KiB read, decoded from a view of it (framer.ts's one-chunk case). */
