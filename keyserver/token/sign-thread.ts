@@ -24,9 +24,9 @@
  * back, nor overtaken: a sign queued now waits behind up to WINDOW batches on
  * the thread that takes it, so they are kept small.
  *
- * A failed C_SignInit or C_Sign is followed by a C_Sign that ends any sign operation it left active, as sign.ts's
- * `endSign` does inline: a C_Sign answered CKR_BUFFER_TOO_SMALL leaves it active (PKCS#11 v2.40 §5.2), and the
- * session would answer every later C_SignInit CKR_OPERATION_ACTIVE.
+ * A sign operation a failed C_Sign left active is ended when the session's next C_SignInit meets it, as sign.ts's
+ * `signInit` does inline: a C_Sign answered CKR_BUFFER_TOO_SMALL leaves it active (PKCS#11 v2.40 §5.2), and the
+ * session answered every later C_SignInit CKR_OPERATION_ACTIVE.
  *
  * An RSA signature is checked against the key's public key on the thread, right after C_Sign (sign-verify.ts), so
  * the event loop spends nothing on it: one that does not verify comes back as `refused` with the reason, never its
@@ -47,7 +47,7 @@
 import { Worker } from 'node:worker_threads';
 import type pkcs11js from 'pkcs11js';
 import type { Logger } from '../shared/log.js';
-import { END_SIGN_BYTES } from './sign.js';
+import { END_SIGN_BYTES, OPERATION_ACTIVE } from './sign.js';
 import { CHECK_SOURCE, type RefusalReason, type VerifySpec } from './sign-verify.js';
 import type { Token } from './token.js';
 
@@ -117,7 +117,19 @@ parentPort.on('message', (jobs) => {
     }
     try {
       Atomics.store(calling, 0, ${SIGN_INIT});
-      pkcs11.C_SignInit(session, job.mechanism, Buffer.from(job.key));
+      const key = Buffer.from(job.key);
+      try {
+        pkcs11.C_SignInit(session, job.mechanism, key);
+      } catch (err) {
+        // An operation a failed C_Sign left active (sign.ts signInit): ended by a C_Sign, then once more.
+        if (!${OPERATION_ACTIVE}.test(err.message)) throw err;
+        Atomics.store(calling, 0, ${SIGN});
+        try {
+          pkcs11.C_Sign(session, Buffer.from(job.input), Buffer.allocUnsafe(${END_SIGN_BYTES}));
+        } catch {}
+        Atomics.store(calling, 0, ${SIGN_INIT});
+        pkcs11.C_SignInit(session, job.mechanism, key);
+      }
       Atomics.store(calling, 0, ${SIGN});
       const input = Buffer.from(job.input);
       const signature = pkcs11.C_Sign(session, input, Buffer.allocUnsafe(job.outputBytes));
@@ -126,12 +138,6 @@ parentPort.on('message', (jobs) => {
       results.push(refused === undefined ? { id: job.id, signature } : { id: job.id, refused });
     } catch (err) {
       results.push({ id: job.id, error: String(err.message).split('\\n')[0] });
-      // The operation a failed call may have left active is ended (sign.ts endSign): else every later C_SignInit on
-      // this session is CKR_OPERATION_ACTIVE.
-      try {
-        Atomics.store(calling, 0, ${SIGN});
-        pkcs11.C_Sign(session, Buffer.from(job.input), Buffer.allocUnsafe(${END_SIGN_BYTES}));
-      } catch {}
     } finally {
       Atomics.store(calling, 0, 0);
     }

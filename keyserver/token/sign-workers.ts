@@ -67,9 +67,9 @@
  * resolves once every thread has loaded or failed its first start, so the
  * server says it is ready when the threads are.
  *
- * A failed C_SignInit or C_Sign is followed by a C_Sign that ends any sign
- * operation it left active (sign.ts `endSign`), inline and on the threads: a
- * session left with one answers every later C_SignInit CKR_OPERATION_ACTIVE.
+ * A sign operation a failed C_Sign left active is ended when the session's
+ * next C_SignInit meets it (sign.ts `signInit`), inline and on the threads:
+ * else that session answered every later C_SignInit CKR_OPERATION_ACTIVE.
  *
  * An RSA signature is checked against the key's public key where it was made,
  * on its thread or inline (sign-verify.ts), before `sign()` gives it back.
@@ -93,7 +93,7 @@ import type pkcs11js from 'pkcs11js';
 import { TokenError } from '../shared/errors.js';
 import type { Logger } from '../shared/log.js';
 import type { TokenKey } from './keys.js';
-import { checkSigned, endSign, signPlan, type SignRequest } from './sign.js';
+import { checkSigned, signInit, signPlan, type SignRequest } from './sign.js';
 import { signatureRefused } from './sign-verify.js';
 import { SessionKeys } from './session-keys.js';
 import { BATCH_MAX, DEADLINE_SKIPPED, type Job, type JobResult, SignThread, type ThreadOwner } from './sign-thread.js';
@@ -344,11 +344,9 @@ export class SigningWorkers {
     try {
       let signature: Buffer;
       try {
-        pkcs11.C_SignInit(this.#inlineSession, job.mechanism, job.key);
+        signInit(pkcs11, this.#inlineSession, job.mechanism, job.key, job.input);
         signature = pkcs11.C_Sign(this.#inlineSession, job.input, Buffer.allocUnsafe(job.outputBytes));
       } catch (err) {
-        // Else the session's next C_SignInit may be CKR_OPERATION_ACTIVE, and so every inline sign after it.
-        endSign(pkcs11, this.#inlineSession, job.input);
         throw new TokenError('KEYEDGE_ERR_TOKEN_OPERATION', (err as Error).message.split('\n')[0] ?? 'C_Sign failed');
       }
       checkSigned(job, signature);

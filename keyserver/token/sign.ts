@@ -103,20 +103,29 @@ export function signPlan(key: TokenKey, request: SignRequest): SignPlan {
 export const END_SIGN_BYTES = 4096;
 
 /**
- * Ends the sign operation a failed C_SignInit or C_Sign may have left active on `session`, so that its next C_SignInit
- * is not CKR_OPERATION_ACTIVE, and with it every sign on the session until a restart. A C_Sign answered
- * CKR_BUFFER_TOO_SMALL does not end the operation (PKCS#11 v2.40 §5.2, §5.11), and some tokens leave it active on
- * other errors; any other answer to a C_Sign ends it, so one C_Sign with room for any signature does, whatever it
- * answers (its signature, if any, is not used). With no operation active it is answered
- * CKR_OPERATION_NOT_INITIALIZED at once. The threads do the same in their own source (sign-thread.ts).
+ * C_SignInit on `session`, first ending a sign operation an earlier failed C_Sign left active. A C_Sign answered
+ * CKR_BUFFER_TOO_SMALL does not end its operation (PKCS#11 v2.40 §5.2, §5.11), and some tokens keep it on other
+ * errors: the session then answered every later C_SignInit CKR_OPERATION_ACTIVE, and every sign on it failed until a
+ * restart. Only then, not after every failure (a second call into a token whose link is down would be a second
+ * timeout): one C_Sign with room for any signature (its answer, whatever it is, unused), and C_SignInit once more.
+ * The threads do the same in their own source (sign-thread.ts).
  */
-export function endSign(pkcs11: pkcs11js.PKCS11, session: pkcs11js.Handle, input: Buffer): void {
+export function signInit(pkcs11: pkcs11js.PKCS11, session: pkcs11js.Handle, mechanism: pkcs11js.Mechanism, key: pkcs11js.Handle, input: Buffer): void {
   try {
-    pkcs11.C_Sign(session, input, Buffer.allocUnsafe(END_SIGN_BYTES));
-  } catch {
-    // Ended either way, or none was active.
+    pkcs11.C_SignInit(session, mechanism, key);
+  } catch (err) {
+    if (!OPERATION_ACTIVE.test((err as Error).message)) throw err;
+    try {
+      pkcs11.C_Sign(session, input, Buffer.allocUnsafe(END_SIGN_BYTES));
+    } catch {
+      // Ended, whatever it answered.
+    }
+    pkcs11.C_SignInit(session, mechanism, key);
   }
 }
+
+/** How pkcs11js names the return value in its error's message. */
+export const OPERATION_ACTIVE = /CKR_OPERATION_ACTIVE/;
 
 /** Throws if the token's answer to `plan` is an RSA signature that does not verify (sign-verify.ts): it must not be used. */
 export function checkSigned(plan: SignPlan, signature: Uint8Array): void {
@@ -131,14 +140,8 @@ export function checkSigned(plan: SignPlan, signature: Uint8Array): void {
  */
 export async function signDigest(pkcs11: pkcs11js.PKCS11, session: pkcs11js.Handle, key: TokenKey, request: SignRequest): Promise<Buffer> {
   const plan = signPlan(key, request);
-  let signature: Buffer;
-  try {
-    pkcs11.C_SignInit(session, plan.mechanism, key.privateHandle);
-    signature = await pkcs11.C_SignAsync(session, plan.input, Buffer.allocUnsafe(plan.outputBytes));
-  } catch (err) {
-    endSign(pkcs11, session, plan.input);
-    throw err;
-  }
+  signInit(pkcs11, session, plan.mechanism, key.privateHandle, plan.input);
+  const signature = await pkcs11.C_SignAsync(session, plan.input, Buffer.allocUnsafe(plan.outputBytes));
   checkSigned(plan, signature);
   return signature;
 }
