@@ -108,22 +108,12 @@ describe('round trips', () => {
     expect(err.toString('hex')).toBe('01ff0000000000070000001307000200058000' + '0b' + Buffer.from('no such key').toString('hex'));
   });
 
-  it('returns buffers that alias the frame instead of copying it, but a SIGN key id and digest, which a queued sign keeps', () => {
-    const get = encodeRequest({ op: 'getPublicKey', id: 1, keyId: KEY });
-    const getReq = decodeRequest(get);
-    if (getReq.op !== 'getPublicKey') throw new Error('wrong op');
-    expect(getReq.keyId.buffer).toBe(get.buffer);
-    expect(getReq.keyId.byteOffset).toBe(get.byteOffset + 15);
-    // A sign may wait for a thread with its answer holding the request: its bytes must not keep the read they came in.
+  it('returns buffers that alias the frame instead of copying it', () => {
     const bytes = encodeRequest({ op: 'sign', id: 1, keyId: KEY, algorithm: Algorithm.ECDSA_SHA256, digest: Buffer.alloc(32, 1) });
     const req = decodeRequest(bytes);
     if (req.op !== 'sign') throw new Error('wrong op');
-    for (const value of [req.keyId, req.digest]) {
-      expect(value.buffer).not.toBe(bytes.buffer);
-      expect([value.byteOffset, value.buffer.byteLength]).toEqual([0, value.length]);
-    }
-    expect(req.keyId.equals(KEY)).toBe(true);
-    expect(req.digest.equals(Buffer.alloc(32, 1))).toBe(true);
+    expect(req.keyId.buffer).toBe(bytes.buffer);
+    expect(req.keyId.byteOffset).toBe(bytes.byteOffset + 15);
   });
 
   it('accepts items in any order and skips unknown optional tags', () => {

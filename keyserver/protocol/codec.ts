@@ -6,11 +6,9 @@
  * disagree about the format.
  *
  * Aliasing: every Buffer in a decoded Request/Response is a subarray of the
- * frame passed in, not a copy, because this runs once per TLS handshake;
- * but a SIGN request's key id and digest, which a sign waiting for a thread
- * keeps, are copies (decode.ts says why). A caller that keeps any other
- * decoded value beyond the frame's life, or that reuses the frame's memory,
- * must copy first.
+ * frame passed in, not a copy, because this runs once per TLS handshake.
+ * A caller that keeps a decoded value beyond the frame's life, or that reuses
+ * the frame's memory, must copy first.
  *
  * Failures are ProtocolError: `wireCode` is what the server sends back,
  * `requestId` is set once the 12-byte header was readable, `fatal` is set only

@@ -3,14 +3,9 @@
  * item rules of each operation, and the checks in the order SPEC.md's
  * "Validation order" lists, so a frame with several faults always gets the
  * same answer. Pure and allocation-light: runs once per TLS handshake, and
- * every Buffer it returns is a subarray of the frame (codec.ts), but for a
- * SIGN request's key id and digest: those are copies of their own
- * (own-bytes.ts), since a sign may wait for a signing thread and its answer
- * keeps the request, and the frame is often a view of a whole socket read
- * (framer.ts): a view kept would hold the read, up to 64 KiB a queued sign.
+ * every Buffer it returns is a subarray of the frame (codec.ts).
  */
 import { ProtocolError } from '../shared/errors.js';
-import { ownBytes } from '../shared/own-bytes.js';
 import {
   algorithmInfo,
   DEFAULT_MAX_BODY_BYTES,
@@ -230,16 +225,14 @@ export function decodeRequest(frame: Buffer, maxBodyBytes: number = DEFAULT_MAX_
   if (opcode === Opcode.GET_PUBLIC_KEY) {
     return { op: 'getPublicKey', id, keyId: itemValue(frame, S_KEY_ID, KEY_ID_BYTES, KEY_ID_BYTES, 'GET_PUBLIC_KEY', id) };
   }
-  const keyIdView = itemValue(frame, S_KEY_ID, KEY_ID_BYTES, KEY_ID_BYTES, 'SIGN', id);
+  const keyId = itemValue(frame, S_KEY_ID, KEY_ID_BYTES, KEY_ID_BYTES, 'SIGN', id);
   itemLength(S_ALGORITHM, 1, 1, 'SIGN', id);
   const algorithmByte = frame[itemStart[S_ALGORITHM]!]!;
   const info = algorithmInfo(algorithmByte);
   if (info === undefined) throw new ProtocolError(ErrorCode.UNKNOWN_ALGORITHM, `SIGN: unknown algorithm 0x${hex2(algorithmByte)}`, id);
   const digest = frame.subarray(itemStart[S_DIGEST]!, itemEnd[S_DIGEST]!);
   if (digest.length !== info.digestBytes) throw new ProtocolError(ErrorCode.BAD_DIGEST_LENGTH, digestMismatch(digest.length, info), id);
-  // Copied, each on its own ArrayBuffer: the sign's input is posted to a thread as it is (sign.ts), and what a queued
-  // sign keeps must not be the read (above).
-  return { op: 'sign', id, keyId: ownBytes(keyIdView), algorithm: info.byte, digest: ownBytes(digest) };
+  return { op: 'sign', id, keyId, algorithm: info.byte, digest };
 }
 
 /** Decodes one whole frame (header + body, nothing more) sent by the key server. */

@@ -1,8 +1,7 @@
 /**
  * The messages of the key-server protocol (keyserver/protocol/SPEC.md) as
  * values: what decode.ts makes of a frame and encode.ts makes a frame of.
- * Buffers in a decoded message alias the frame, but a SIGN's key id and
- * digest (codec.ts says why).
+ * Buffers in a decoded message alias the frame (codec.ts says why).
  */
 import { type AlgorithmByte, type AlgorithmInfo, describeTag, Tag } from './constants.js';
 

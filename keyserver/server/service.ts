@@ -43,6 +43,9 @@ import type { LogLimiter } from '../shared/log-limiter.js';
 
 type SignRequestOf = Extract<Request, { op: 'sign' }>;
 
+/** A waiting sign's key id and digest, once the token has them (#sign): not read again. */
+const NO_BYTES: Buffer = Buffer.alloc(0);
+
 /** The algorithm's name for metric labels. */
 function algorithmName(request: SignRequestOf): string {
   return algorithmInfo(request.algorithm)?.name ?? 'unknown';
@@ -167,6 +170,9 @@ export class SigningService {
     }
     // Signed inline (the usual case at handshake rates): answered at once, no deadline timer or promise needed.
     if (!(signed instanceof Promise)) return this.#signed(request, client, parts, key, algorithm, signed, started);
+    // What the answer needs of a sign that waits for a thread: its key id and digest are views of the client's read (up
+    // to 64 KiB, framer.ts), which these callbacks would keep until the token is done with it.
+    const kept: SignRequestOf = { op: 'sign', id: request.id, algorithm: request.algorithm, keyId: NO_BYTES, digest: NO_BYTES };
     return new Promise<Response>((resolve) => {
       let answered = false;
       /** Set when the answer went before the token was done with the sign: called once it is (signed or dropped). */
@@ -174,7 +180,7 @@ export class SigningService {
       const late = (): void => {
         answered = true;
         this.#durationChild(algorithm.name).observe((performance.now() - started) / 1000);
-        resolve(this.#refuse(request, client, 'DEADLINE_EXCEEDED', `no signature within ${timeoutMs} ms`));
+        resolve(this.#refuse(kept, client, 'DEADLINE_EXCEEDED', `no signature within ${timeoutMs} ms`));
       };
       const timer = setTimeout(() => {
         outlived = place?.outlive();
@@ -189,7 +195,7 @@ export class SigningService {
             return;
           }
           clearTimeout(timer);
-          resolve(this.#signed(request, client, parts, key, algorithm, raw, started));
+          resolve(this.#signed(kept, client, parts, key, algorithm, raw, started));
         },
         (err: unknown) => {
           const dropped = droppedUnsent(err);
@@ -198,18 +204,18 @@ export class SigningService {
           if (answered) {
             outlived?.();
             // Too late for the client, but the token gave back a bad signature all the same.
-            if (isSignatureRefused(err)) this.#signatureRefused(request, client, key, err);
+            if (isSignatureRefused(err)) this.#signatureRefused(kept, client, key, err);
             return;
           }
           clearTimeout(timer);
           if (dropped === 'closed') {
             // Nobody is left to answer: counted, not logged (a client can close at will).
-            resolve({ op: 'error', id: request.id, code: ErrorCode.SHUTTING_DOWN, detail: 'the connection closed' });
+            resolve({ op: 'error', id: kept.id, code: ErrorCode.SHUTTING_DOWN, detail: 'the connection closed' });
             return;
           }
           // Dropped or skipped by a signing thread with the deadline past, before this timer fired (a busy loop runs timers late): late, not failed.
           if (dropped === 'deadline' || skippedPastDeadline(err)) late();
-          else resolve(this.#signFailed(request, client, parts, key, err, started));
+          else resolve(this.#signFailed(kept, client, parts, key, err, started));
         },
       );
     });

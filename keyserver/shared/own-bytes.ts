@@ -14,22 +14,16 @@
  * of 8 pooled ones. Not `Buffer.copyBytesFrom`: on Node 20 it answers from
  * the pool too.
  *
- * Contract: `ownBytes(...parts)` returns a fresh Buffer holding the parts one
- * after another, on an ArrayBuffer of its own of exactly that length
- * (offset 0); `ownsItsBytes(bytes)` says whether `bytes` already is such.
+ * Contract: `ownBytes(bytes)` returns a fresh Buffer holding them, on an
+ * ArrayBuffer of its own of exactly that length (offset 0); `ownsItsBytes(bytes)`
+ * says whether `bytes` already is such.
  */
 
-/** The parts, one after another, on a fresh ArrayBuffer of exactly their length (never Node's pool). */
-export function ownBytes(...parts: readonly Uint8Array[]): Buffer {
-  let length = 0;
-  for (const part of parts) length += part.byteLength;
-  const out = new Uint8Array(length);
-  let at = 0;
-  for (const part of parts) {
-    out.set(part, at);
-    at += part.byteLength;
-  }
-  return Buffer.from(out.buffer, 0, length);
+/** `bytes` on a fresh ArrayBuffer of exactly their length (never Node's pool). */
+export function ownBytes(bytes: Uint8Array): Buffer {
+  const out = new Uint8Array(bytes.byteLength);
+  out.set(bytes);
+  return Buffer.from(out.buffer, 0, bytes.byteLength);
 }
 
 /** Whether `bytes` is the whole of its ArrayBuffer: keeping or posting it carries nothing else. */

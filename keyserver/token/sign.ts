@@ -11,7 +11,6 @@
  */
 import pkcs11js from 'pkcs11js';
 import { KeyError } from '../shared/errors.js';
-import { ownBytes, ownsItsBytes } from '../shared/own-bytes.js';
 import type { HashName, SignatureScheme } from '../protocol/constants.js';
 import type { TokenKey } from './keys.js';
 import { checkSignature, signatureRefused, type VerifySpec } from './sign-verify.js';
@@ -51,10 +50,8 @@ export function pssFitsKey(hash: HashName, key: Pick<TokenKey, 'bits'>): boolean
 
 /**
  * What the token is asked to do for one signature: mechanism, input, and the size of the answer; for RSA, what its
- * answer is checked against before it is used (sign-verify.ts; ECDSA is not checked, see there). The input is always
- * on an ArrayBuffer of its own, exactly its size (own-bytes.ts): a sign waiting for a thread keeps it, and posting it
- * to the thread copies its whole ArrayBuffer, which for a view of a socket read was the read (up to 64 KiB) and for
- * Buffer.concat's answer Node's 8 KiB pool slab.
+ * answer is checked against before it is used (sign-verify.ts; ECDSA is not checked, see there). The input may be a
+ * view (of the client's read, of Node's pool): a sign that waits for a thread gets a copy of its own (sign-workers.ts).
  */
 export interface SignPlan {
   readonly mechanism: pkcs11js.Mechanism;
@@ -76,15 +73,13 @@ export function signPlan(key: TokenKey, request: SignRequest): SignPlan {
   if (!schemeFitsKey(request.scheme, key)) {
     throw new KeyError('KEYEDGE_ERR_KEY_UNSUPPORTED', `${request.scheme} cannot be used with an ${key.kind} key`);
   }
-  // Copied only if it is a view of something larger: the key server's decoder already gives a digest of its own.
-  const digest = ownsItsBytes(request.digest) ? request.digest : ownBytes(request.digest);
   if (request.scheme === 'ecdsa') {
-    return { mechanism: { mechanism: pkcs11js.CKM_ECDSA }, input: digest, outputBytes: 2 * Math.ceil(key.bits / 8), verify: undefined };
+    return { mechanism: { mechanism: pkcs11js.CKM_ECDSA }, input: request.digest, outputBytes: 2 * Math.ceil(key.bits / 8), verify: undefined };
   }
   if (request.scheme === 'rsa-pkcs1') {
     return {
       mechanism: { mechanism: pkcs11js.CKM_RSA_PKCS },
-      input: ownBytes(DIGEST_INFO_PREFIX[request.hash], digest),
+      input: Buffer.concat([DIGEST_INFO_PREFIX[request.hash], request.digest]),
       outputBytes: Math.ceil(key.bits / 8),
       verify: { keyId: key.keyId, spki: key.spki, scheme: 'rsa-pkcs1', hash: request.hash },
     };
@@ -93,7 +88,7 @@ export function signPlan(key: TokenKey, request: SignRequest): SignPlan {
   const parameter: pkcs11js.RsaPSS = { type: pkcs11js.CK_PARAMS_RSA_PSS, hashAlg: hash.ckm, mgf: hash.mgf, saltLen: hash.bytes };
   return {
     mechanism: { mechanism: pkcs11js.CKM_RSA_PKCS_PSS, parameter },
-    input: digest,
+    input: request.digest,
     outputBytes: Math.ceil(key.bits / 8),
     verify: { keyId: key.keyId, spki: key.spki, scheme: 'rsa-pss', hash: request.hash },
   };
