@@ -529,25 +529,78 @@ describe('a pool of key servers', () => {
     }
   });
 
-  it('a key server that hangs costs its share of the deadline, not the handshake', async () => {
+  it('a key server that hangs costs its share of the deadline, not the handshake, in a pool measured fast', async () => {
     const fake = await startFakeKeyserver(join(stateDir, 'pool-hang.sock'), ['never']);
     try {
       bridge.init({
         servers: [
-          { name: 'hangs', socketPath: join(stateDir, 'pool-hang.sock') },
           { name: 'live', socketPath: ks.unixPath! },
+          { name: 'hangs', socketPath: join(stateDir, 'pool-hang.sock') },
         ],
         timeoutMs: 2_000,
         breakerMs: 60_000,
       });
+      // The first sign measures the live one (a few ms); the next tries the never-measured one first.
+      expect((await tlsHandshake(ecServer.port, ca.certPem)).ok).toBe(true);
       expect((await tlsHandshake(ecServer.port, ca.certPem)).ok).toBe(true);
       expect(server('hangs')).toMatchObject({ state: 'cooling', failovers: 1, failures: { timeout: 1 } });
-      expect(server('live').signs).toBe(1);
+      expect(server('live').signs).toBe(2);
     } finally {
       await fake.stop();
       useKeyserver();
     }
   });
+
+  // Each attempt used to get an equal share of the time left: with every server slower than timeoutMs / N
+  // every attempt timed out, every sign failed (although any one server alone answers in time), and each
+  // timeout opened a healthy server's breaker. Relays add 600 ms to every answer of the real key server.
+  const slowPool = async (answers: FakeAnswer[], run: () => Promise<void>): Promise<void> => {
+    const paths = ['a', 'b'].map((n) => join(stateDir, `pool-slow-${n}.sock`));
+    const relays = await Promise.all(paths.map((path) => startFakeKeyserver(path, answers, ks.unixPath!)));
+    try {
+      bridge.init({
+        servers: [
+          { name: 'a', socketPath: paths[0]! },
+          { name: 'b', socketPath: paths[1]! },
+        ],
+        timeoutMs: 1_000,
+        breakerMs: 0,
+      });
+      await run();
+    } finally {
+      await Promise.all(relays.map((relay) => relay.stop()));
+      useKeyserver();
+    }
+  };
+  const signOnce = (): boolean | string => {
+    const data = Buffer.from('keyless');
+    try {
+      return verify('sha256', data, createPublicKey({ key: keys.ec.spki, format: 'der', type: 'spki' }), sign('sha256', data, keys.ec.pem));
+    } catch {
+      return bridge.stats().lastError;
+    }
+  };
+
+  it('two key servers each slower than half the deadline: every sign succeeds, on both in turn', async () => {
+    await slowPool(['slow'], async () => {
+      const before = { ...failures() };
+      for (let i = 0; i < 6; i++) expect(signOnce(), `sign ${i}`).toBe(true);
+      expect(failures()).toEqual(before);
+      expect(bridge.stats().servers!.map((s) => [s.name, s.state, s.signs > 0, s.failures.timeout])).toEqual([
+        ['a', 'up', true, 0],
+        ['b', 'up', true, 0],
+      ]);
+    });
+  }, 30_000);
+
+  it('a pool measured fast that slows down: the sign that meets it fails, and the next ones wait for the slow answers', async () => {
+    // Each relay answers its first request at once, then every one 600 ms late.
+    await slowPool(['relay', 'slow', 'slow', 'slow', 'slow', 'slow', 'slow', 'slow'], async () => {
+      const outcomes = [];
+      for (let i = 0; i < 6; i++) outcomes.push(signOnce() === true);
+      expect(outcomes, bridge.stats().lastError).toEqual([true, true, false, true, true, true]);
+    });
+  }, 30_000);
 
   // Never measured (they never sign), such servers scored best and were tried before the live one on
   // every handshake, each time a reconnect and an exchange (up to their share of the deadline) for nothing.
