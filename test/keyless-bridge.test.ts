@@ -6,12 +6,14 @@
  */
 import { spawnSync } from 'node:child_process';
 import { constants, createHash, createPrivateKey, createPublicKey, generateKeyPairSync, sign, verify } from 'node:crypto';
-import { readFileSync } from 'node:fs';
+import { copyFileSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { monitorEventLoopDelay, performance } from 'node:perf_hooks';
 import tls from 'node:tls';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { KeyedgeError } from '../keyserver/shared/errors.js';
+import { createLogger } from '../keyserver/shared/log.js';
+import { readTcpMaterial, TcpFilesWatch, tcpFilesIdentity } from '../proxy/keyless/tcp-files.js';
 import * as bridge from '../proxy/native/index.js';
 import { keyIdOf } from '../keyserver/shared/key-id.js';
 import {
@@ -30,7 +32,7 @@ import {
 } from './helpers/keyless.js';
 import { removeDir, runCli, sleep, tempDir } from './helpers/basics.js';
 import { writeConfigFile } from './helpers/keyserver.js';
-import { createCa, createTestPki, type TestCa, type TestPkiFiles, writePem } from './helpers/pki.js';
+import { createCa, createTestPki, issueForPublicKey, type TestCa, type TestPkiFiles, writePem } from './helpers/pki.js';
 
 const ADDON = bridge.addonPath();
 const TIMEOUT_MS = 250;
@@ -501,6 +503,89 @@ describe("setTls: a TLS key server's renewed client identity (proxy/keyless/tcp-
   });
 });
 
+describe("a keyless key as a TLS key server's client key", () => {
+  // The connection's own TLS 1.3 handshake would sign its CertificateVerify through this bridge: the sign
+  // that opens the connection holds the pool's lock, and the handshake's sign waits on it for ever. At a
+  // worker's start such a key happened to be refused (the provider was not registered yet when the files
+  // were checked); a renewal, checked after, was taken, and the next reconnect hung the worker for good.
+  const material = async () => ({
+    caPem: readFileSync(pki.caFile, 'utf8'),
+    // From the key server's client CA, for the token's key: a pair every other check takes.
+    certPem: (await issueForPublicKey(pki.ca, keys.ec.spki, { commonName: 'edge' })).certPem,
+    keyPem: keys.ec.pem,
+  });
+  const signs = (): boolean => {
+    const data = Buffer.from('keyless');
+    return verify('sha256', data, createPublicKey({ key: keys.ec.spki, format: 'der', type: 'spki' }), sign('sha256', data, keys.ec.pem));
+  };
+
+  it('is refused by init() and setTls, naming the field', async () => {
+    const keyless = await material();
+    const endpoint = (m: bridge.KeylessTlsMaterial) => ({ tls: { host: '127.0.0.1', port: ks.tcpPort!, ...m } });
+    const message = 'tls.keyPem is a keyless key (KEYEDGE KEYLESS KEY): the client key of a key server connection must be a local private key';
+    try {
+      expect(() => bridge.init({ servers: [endpoint(keyless)] })).toThrow(`keyless bridge init: ${message}`);
+      const generation = bridge.init({
+        servers: [
+          endpoint({
+            caPem: keyless.caPem,
+            certPem: readFileSync(pki.clients.edge!.cert, 'utf8'),
+            keyPem: readFileSync(pki.clients.edge!.key, 'utf8'),
+          }),
+        ],
+      });
+      expect(() => bridge.setTls(generation, 0, keyless)).toThrow(`keyless bridge setTls: ${message}`);
+    } finally {
+      useKeyserver();
+    }
+  });
+
+  it('a renewal of tcp.key to one is refused with a warning naming the file; signing goes on with the files read before', async () => {
+    const tcp = {
+      host: '127.0.0.1',
+      port: ks.tcpPort!,
+      ca: pki.caFile,
+      cert: join(stateDir, 'renew-cert.pem'),
+      key: join(stateDir, 'renew-key.pem'),
+      servername: null,
+    };
+    copyFileSync(pki.clients.edge!.cert, tcp.cert);
+    copyFileSync(pki.clients.edge!.key, tcp.key);
+    const lines: { msg: string; err?: string }[] = [];
+    const log = createLogger('test', 'info', { write: (line: string) => void lines.push(JSON.parse(line)) });
+    const seen = tcpFilesIdentity(tcp);
+    const generation = bridge.init({
+      servers: [{ name: 'tls', tls: { host: tcp.host, port: tcp.port, ...readTcpMaterial('tls', tcp) } }],
+      timeoutMs: 5_000,
+      breakerMs: 0,
+    });
+    const watch = new TcpFilesWatch('tls', tcp, seen, (m) => bridge.setTls(generation, 0, m), log, 50);
+    try {
+      expect(signs()).toBe(true);
+      const keyless = await material();
+      // Both written before the watch's next look (this thread runs its timer only after them).
+      writeFileSync(tcp.cert, keyless.certPem);
+      writeFileSync(tcp.key, keyless.keyPem);
+      const start = performance.now();
+      while (lines.length === 0 && performance.now() - start < 10_000) await sleep(20);
+      expect(lines.map((l) => [l.msg, l.err])).toEqual([
+        [
+          'key server TLS files changed but were refused: its next connections keep using the previous ones',
+          `key server tls: its client key ${tcp.key} (tcp.key) is a keyless key (KEYEDGE KEYLESS KEY): the client key of a key server connection must be a local private key`,
+        ],
+      ]);
+      // On a new connection too: a health verdict closes the one open.
+      expect(bridge.setHealth(generation, 0, false)).toBe(true);
+      expect(bridge.setHealth(generation, 0, true)).toBe(true);
+      expect(signs(), bridge.stats().lastError).toBe(true);
+      expect(bridge.stats().servers![0]!.signs).toBe(2);
+    } finally {
+      watch.stop();
+      useKeyserver();
+    }
+  });
+});
+
 describe('a pool of key servers', () => {
   const server = (name: string) => bridge.stats().servers!.find((s) => s.name === name)!;
 
@@ -529,25 +614,78 @@ describe('a pool of key servers', () => {
     }
   });
 
-  it('a key server that hangs costs its share of the deadline, not the handshake', async () => {
+  it('a key server that hangs costs its share of the deadline, not the handshake, in a pool measured fast', async () => {
     const fake = await startFakeKeyserver(join(stateDir, 'pool-hang.sock'), ['never']);
     try {
       bridge.init({
         servers: [
-          { name: 'hangs', socketPath: join(stateDir, 'pool-hang.sock') },
           { name: 'live', socketPath: ks.unixPath! },
+          { name: 'hangs', socketPath: join(stateDir, 'pool-hang.sock') },
         ],
         timeoutMs: 2_000,
         breakerMs: 60_000,
       });
+      // The first sign measures the live one (a few ms); the next tries the never-measured one first.
+      expect((await tlsHandshake(ecServer.port, ca.certPem)).ok).toBe(true);
       expect((await tlsHandshake(ecServer.port, ca.certPem)).ok).toBe(true);
       expect(server('hangs')).toMatchObject({ state: 'cooling', failovers: 1, failures: { timeout: 1 } });
-      expect(server('live').signs).toBe(1);
+      expect(server('live').signs).toBe(2);
     } finally {
       await fake.stop();
       useKeyserver();
     }
   });
+
+  // Each attempt used to get an equal share of the time left: with every server slower than timeoutMs / N
+  // every attempt timed out, every sign failed (although any one server alone answers in time), and each
+  // timeout opened a healthy server's breaker. Relays add 600 ms to every answer of the real key server.
+  const slowPool = async (answers: FakeAnswer[], run: () => Promise<void>): Promise<void> => {
+    const paths = ['a', 'b'].map((n) => join(stateDir, `pool-slow-${n}.sock`));
+    const relays = await Promise.all(paths.map((path) => startFakeKeyserver(path, answers, ks.unixPath!)));
+    try {
+      bridge.init({
+        servers: [
+          { name: 'a', socketPath: paths[0]! },
+          { name: 'b', socketPath: paths[1]! },
+        ],
+        timeoutMs: 1_000,
+        breakerMs: 0,
+      });
+      await run();
+    } finally {
+      await Promise.all(relays.map((relay) => relay.stop()));
+      useKeyserver();
+    }
+  };
+  const signOnce = (): boolean | string => {
+    const data = Buffer.from('keyless');
+    try {
+      return verify('sha256', data, createPublicKey({ key: keys.ec.spki, format: 'der', type: 'spki' }), sign('sha256', data, keys.ec.pem));
+    } catch {
+      return bridge.stats().lastError;
+    }
+  };
+
+  it('two key servers each slower than half the deadline: every sign succeeds, on both in turn', async () => {
+    await slowPool(['slow'], async () => {
+      const before = { ...failures() };
+      for (let i = 0; i < 6; i++) expect(signOnce(), `sign ${i}`).toBe(true);
+      expect(failures()).toEqual(before);
+      expect(bridge.stats().servers!.map((s) => [s.name, s.state, s.signs > 0, s.failures.timeout])).toEqual([
+        ['a', 'up', true, 0],
+        ['b', 'up', true, 0],
+      ]);
+    });
+  }, 30_000);
+
+  it('a pool measured fast that slows down: the sign that meets it fails, and the next ones wait for the slow answers', async () => {
+    // Each relay answers its first request at once, then every one 600 ms late.
+    await slowPool(['relay', 'slow', 'slow', 'slow', 'slow', 'slow', 'slow', 'slow'], async () => {
+      const outcomes = [];
+      for (let i = 0; i < 6; i++) outcomes.push(signOnce() === true);
+      expect(outcomes, bridge.stats().lastError).toEqual([true, true, false, true, true, true]);
+    });
+  }, 30_000);
 
   // Never measured (they never sign), such servers scored best and were tried before the live one on
   // every handshake, each time a reconnect and an exchange (up to their share of the deadline) for nothing.

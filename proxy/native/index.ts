@@ -21,8 +21,9 @@ import { createRequire } from 'node:module';
 import { KeyedgeError } from '../../keyserver/shared/errors.js';
 import { keyIdOf } from '../../keyserver/shared/key-id.js';
 import { builtAddon } from '../../keyserver/shared/addon-path.js';
+import { isKeylessPem, KEYLESS_PEM_LABEL } from '../../keyserver/shared/keyless-pem.js';
 
-export const KEYLESS_PEM_LABEL = 'KEYEDGE KEYLESS KEY';
+export { isKeylessPem, KEYLESS_PEM_LABEL };
 const PEM_VERSION = 0x01;
 
 export interface KeylessTlsEndpoint {
@@ -193,12 +194,6 @@ export function keylessKeyPem(keyId: Buffer | string, spki: Buffer): string {
   const body = Buffer.concat([Buffer.from([PEM_VERSION]), id, spki]).toString('base64');
   const lines = body.match(/.{1,64}/g) ?? [];
   return `-----BEGIN ${KEYLESS_PEM_LABEL}-----\n${lines.join('\n')}\n-----END ${KEYLESS_PEM_LABEL}-----\n`;
-}
-
-/** Whether PEM text (or a buffer of it) holds a keyless key block anywhere. */
-export function isKeylessPem(key: string | Buffer): boolean {
-  const text = typeof key === 'string' ? key : key.toString('latin1');
-  return text.includes(`-----BEGIN ${KEYLESS_PEM_LABEL}-----`);
 }
 
 /**

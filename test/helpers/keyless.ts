@@ -222,6 +222,7 @@ export type FakeAnswer =
   | 'twice' // passed on twice
   | 'then-close' // passed on, then the connection closed (as a key server at its connection cap closes an idle one)
   | 'late' // passed on 1.5 s later
+  | 'slow' // passed on 600 ms later (a slow HSM or network, answering within a generous deadline)
   | 'trickle' // passed on a byte at a time, 2 ms apart
   | 'cut' // cut after 20 bytes, then the connection closed
   | 'huge' // replaced by a header declaring a 4 GiB body, then the first bytes of one, connection kept open
@@ -264,6 +265,7 @@ const relayed = {
   'twice': (socket, a) => { socket.write(a); socket.write(a); },
   'then-close': (socket, a) => socket.write(a, () => socket.destroy()),
   'late': (socket, a) => setTimeout(() => socket.write(a), 1500),
+  'slow': (socket, a) => setTimeout(() => { if (!socket.destroyed) socket.write(a); }, 600),
   'trickle': (socket, a) => { let i = 0; const t = setInterval(() => { if (i < a.length && !socket.destroyed) socket.write(a.subarray(i, ++i)); else clearInterval(t); }, 2); },
   'cut': (socket, a) => { socket.write(a.subarray(0, 20)); setTimeout(() => socket.destroy(), 20); },
   'huge': (socket, a) => { const h = Buffer.from(a.subarray(0, 12)); h.writeUInt32BE(0xffffffff, 8); socket.write(Buffer.concat([h, a.subarray(12)])); },

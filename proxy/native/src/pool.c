@@ -18,9 +18,11 @@
  * anyway, down or not: with one key server this is the plain breaker.
  *
  * Failover: after a failed attempt the next server is tried, unless the
- * answer says the request itself is wrong (it would fail anywhere). Each
- * attempt may use an equal share of the time left among the servers still
- * untried, so one hanging server cannot eat the whole deadline.
+ * answer says the request itself is wrong (it would fail anywhere). An
+ * attempt may use the larger of an equal share of the time left among the
+ * servers still untried and twice the pool's sign latency (budget()), so one
+ * hanging server in a fast pool cannot eat the whole deadline, and a pool
+ * whose every server is slower than an equal share still signs.
  */
 #include <pthread.h>
 #include <stdio.h>
@@ -232,6 +234,34 @@ static int choose(const int *tried, int64_t now, int *left)
     return best;
 }
 
+/* How long an attempt may take, `left` servers (this one included) still untried, `rest` ms left.
+ *
+ * An equal share (rest / left) alone fails every sign of a pool whose servers are all slower than it
+ * (a slow HSM, RSA-4096, a loaded key server: over 125 ms each with two servers and the default 250 ms),
+ * though any one of them alone would answer in time; and each such timeout benches a healthy server.
+ * So an attempt may also take up to twice the pool's sign latency: the highest latency EWMA among the
+ * measured servers (the raw EWMA: the idle decay is for choosing only, a slow server stays slow when
+ * idle). A server not measured yet (new, back from down) is judged by the others: in a slow pool it
+ * gets the time a slow answer needs, in a fast one its share. With no server measured (a worker's first
+ * sign, or after a sign timed out on every server, keyless_rpc_sign) nothing says how slow the pool is:
+ * the attempt may take all the time left, else a pool slower than the share would never be measured.
+ * The cost: a server that hangs then costs that one sign, and in a slow pool a hanging server costs
+ * up to twice the latency instead of its share; in a fast pool (a few ms) a hang costs its share. */
+static int64_t budget(int left, int64_t rest)
+{
+    double latency = -1;
+    int64_t share = rest / left, slow;
+    int i;
+
+    for (i = 0; i < nservers; i++)
+        if (servers[i].measured && servers[i].st.latency_ewma_ms > latency)
+            latency = servers[i].st.latency_ewma_ms;
+    slow = latency < 0 ? rest : (int64_t)(2 * latency) + 1; /* + 1: never 0 ms, the clock counts whole ms */
+    if (slow > rest)
+        slow = rest;
+    return share > slow ? share : slow;
+}
+
 /* Whether an ERROR answer means the request itself is wrong, so another server would refuse it too. */
 static int request_at_fault(unsigned code)
 {
@@ -329,7 +359,7 @@ int keyless_rpc_sign(const unsigned char *key_id, unsigned char alg, const unsig
     char msg[200] = "", kid[17];
     int tried[KEYLESS_MAX_SERVERS] = { 0 };
     int64_t now, deadline;
-    int st = RPC_E_BREAKER, i, left, pick, prev = -1, last = -1, attempts = 0;
+    int st = RPC_E_BREAKER, i, left, pick, prev = -1, last = -1, attempts = 0, timeouts = 0;
     unsigned code = 0;
 
     if (dlen > 64)
@@ -352,17 +382,28 @@ int keyless_rpc_sign(const unsigned char *key_id, unsigned char alg, const unsig
             servers[prev].st.failovers++;
             totals.failovers++;
         }
-        st = attempt(&servers[pick], key_id, alg, digest, dlen, sig, siglen, sigmax, now + (deadline - now) / left,
-                     &code, msg, sizeof(msg));
+        st = attempt(&servers[pick], key_id, alg, digest, dlen, sig, siglen, sigmax,
+                     now + budget(left, deadline - now), &code, msg, sizeof(msg));
         last = pick;
         attempts++;
         if (st == RPC_OK || (st == RPC_E_REMOTE && request_at_fault(code)))
             break;
+        timeouts += st == RPC_E_TIMEOUT;
         tried[pick] = 1;
         prev = pick;
         now = keyless_now_ms();
     }
     ERR_pop_to_mark();
+
+    /* Every attempt timed out: the pool is slower than it measured (a timeout is no measurement), or
+     * hangs. Its measurements are forgotten, so the next sign's first attempt may take the whole deadline
+     * (budget()) and measure it afresh; kept, a pool that slowed down would keep its small budgets and
+     * fail every sign for ever (with health checks a rejoin forgets too, without them nothing would). */
+    if (st != RPC_OK && attempts > 0 && timeouts == attempts)
+        for (i = 0; i < nservers; i++) {
+            servers[i].measured = 0;
+            servers[i].st.latency_ewma_ms = 0;
+        }
 
     if (attempts == 0) {
         /* Every breaker open: fail at once, naming the server that closes first. */

@@ -404,12 +404,13 @@ static int remote_sign(SIG_CTX *ctx, int hash, const unsigned char *digest, size
                        size_t *siglen, size_t sigsize)
 {
     char err[400];
-    size_t max = max_size(ctx), n = 0;
+    size_t max, n = 0;
 
     if (ctx->key == NULL) {
         KEYLESS_RAISE(KEYLESS_R_BAD_ARGUMENT, "sign without init");
         return 0;
     }
+    max = max_size(ctx); /* after the check: it reads ctx->key */
     if (ctx->scheme == SCHEME_RSA && ctx->pad == RSA_PKCS1_PSS_PADDING && !pss_ok(ctx, hash))
         return 0;
     if (max == 0 || sigsize < max) {

@@ -32,9 +32,11 @@
 
 #include <openssl/err.h>
 #include <openssl/pem.h>
+#include <openssl/provider.h>
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
 
+#include "keyless.h"
 #include "transport.h"
 
 #define MAX_ADDRS 8 /* of those the host name resolves to: more is a misconfiguration, not redundancy */
@@ -350,8 +352,18 @@ static int load_ctx(SSL_CTX **ctxp, const char *ca_pem, const char *cert_pem, co
 
     if ((bio = BIO_new_mem_buf(key_pem, -1)) == NULL)
         goto oom;
-    if ((key = PEM_read_bio_PrivateKey(bio, NULL, NULL, NULL)) == NULL || !SSL_CTX_use_PrivateKey(ctx, key)
-        || !SSL_CTX_check_private_key(ctx)) {
+    key = PEM_read_bio_PrivateKey(bio, NULL, NULL, NULL);
+    /* A keyless key (ours, once the provider is registered, decodes like any other) would sign this
+     * connection's CertificateVerify (RFC 8446, 4.4.3) through this bridge: from inside a sign, which
+     * holds the pool's lock that the handshake's own sign then waits on for ever (pool.c). */
+    if (key != NULL && EVP_PKEY_get0_provider(key) != NULL
+        && strcmp(OSSL_PROVIDER_get0_name(EVP_PKEY_get0_provider(key)), KEYLESS_PROVIDER_NAME) == 0) {
+        snprintf(err, errlen,
+                 "tls.keyPem is a keyless key (" KEYLESS_PEM_LABEL
+                 "): the client key of a key server connection must be a local private key");
+        goto end;
+    }
+    if (key == NULL || !SSL_CTX_use_PrivateKey(ctx, key) || !SSL_CTX_check_private_key(ctx)) {
         snprintf(err, errlen, "tls.keyPem is not an unencrypted PEM private key matching tls.certPem");
         goto end;
     }
