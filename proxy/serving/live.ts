@@ -30,7 +30,7 @@ import type { Logger } from '../../keyserver/shared/log.js';
 import type { ServedCertificate } from '../certs/certificate.js';
 import { CertificateError } from '../certs/errors.js';
 import type { OriginPools } from '../http/forward.js';
-import type { SecureContextCache } from '../tls/contexts.js';
+import { chainDigest, type SecureContextCache } from '../tls/contexts.js';
 import type { OcspStapler } from '../tls/ocsp.js';
 import type { ServingDelta } from './spec.js';
 import { applyDelta, EMPTY_STATE, type ServingState } from './state.js';
@@ -91,9 +91,10 @@ export class LiveServing {
     this.#state = next.state;
     if (next.rebased) {
       const records = next.state.records;
-      contexts.retain((name, keyId, serial) => {
+      // The chain too: a re-bundled chain with the same leaf (another intermediate) must not keep the old context.
+      contexts.retain((name, keyId, serial, chain) => {
         const record = records.get(name);
-        return record !== undefined && record.keyId === keyId && record.serial === serial;
+        return record !== undefined && record.keyId === keyId && record.serial === serial && chainDigest(record.chainPem) === chain;
       });
       if (stapler === undefined) return;
       const same = (a: ServedCertificate | undefined, b: ServedCertificate): boolean => a !== undefined && a.serial === b.serial && a.keyId === b.keyId;
