@@ -18,7 +18,8 @@
  * certificate), and the stapled ones are tracked anew where they changed.
  *
  * After the swap: the old certificates' contexts and staples are dropped
- * (connections that hold an old context keep it alive), and staples of the
+ * (connections that hold an old context keep it alive; a staple whose leaf
+ * and issuer are served on, in another chain, is kept), and staples of the
  * new ones are fetched in the background. Listeners read the state per
  * connection (tls/listener.ts): the default certificate and every name
  * switch with it, nothing else to update.
@@ -32,7 +33,7 @@ import { CertificateError } from '../certs/errors.js';
 import type { OriginPools } from '../http/forward.js';
 import { chainDigest, type SecureContextCache } from '../tls/contexts.js';
 import type { OcspStapler } from '../tls/ocsp.js';
-import type { ServingDelta } from './spec.js';
+import type { CertificateRecord, ServingDelta } from './spec.js';
 import { applyDelta, EMPTY_STATE, type ServingState } from './state.js';
 
 /** Deltas up to this many certificates (renewals) get their contexts built before the swap, whatever the cache's room. */
@@ -107,7 +108,11 @@ export class LiveServing {
       const old = previous.certificates.get(name);
       if (old === undefined) continue;
       contexts.forget(old);
-      if (stapler !== undefined && previous.records.get(name)?.stapled === true) stapler.untrack(old);
+      // The same leaf and issuer in another chain (re-bundled): the loop and its staple go on, the new object tracked
+      // on them below. Untracked, the staple was dropped and the loop began anew, its replay guard (the newest
+      // thisUpdate taken) with it: no staple until the responder answered again.
+      const was = previous.records.get(name);
+      if (stapler !== undefined && was?.stapled === true && !sameStapledLeaf(was, next.state.records.get(name))) stapler.untrack(old);
     }
     for (const certificate of eager) for (const profile of profiles) contexts.commit(profile, certificate);
     // Only leaves the primary found an OCSP responder in: parsing all of them here would cost each worker seconds and megabytes at 10,000 entries.
@@ -117,6 +122,20 @@ export class LiveServing {
         next.changed.filter((c) => next.state.records.get(c.name)?.stapled === true),
       );
   }
+}
+
+/** Whether `next` staples the leaf `was` stapled, with the same issuer: compared as PEM text, nothing parsed. */
+function sameStapledLeaf(was: CertificateRecord, next: CertificateRecord | undefined): boolean {
+  if (next?.stapled !== true || next.serial !== was.serial || next.keyId !== was.keyId) return false;
+  const [leaf, issuer] = leafAndIssuer(was.chainPem);
+  const [nextLeaf, nextIssuer] = leafAndIssuer(next.chainPem);
+  return leaf !== undefined && issuer !== undefined && leaf === nextLeaf && issuer === nextIssuer;
+}
+
+/** The first two certificates of a PEM chain, their base64 without line breaks. */
+function leafAndIssuer(chainPem: string): (string | undefined)[] {
+  const blocks = chainPem.match(/-----BEGIN CERTIFICATE-----[\s\S]*?-----END CERTIFICATE-----/g) ?? [];
+  return [blocks[0], blocks[1]].map((block) => block?.replace(/\s+/g, ''));
 }
 
 /** Staple fetching parses each leaf: spread over event-loop turns so a start with many certificates stays responsive. */
