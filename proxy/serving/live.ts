@@ -61,6 +61,9 @@ export class LiveServing {
     return this.#state;
   }
 
+  /** Whether `certificate` (that very object: the stapler knows it by identity) is a stapled one served now. */
+  readonly #stillStapled = (certificate: ServedCertificate): boolean => this.#state.layers.stapled.get(certificate.name) === certificate;
+
   apply(delta: ServingDelta): void {
     const { contexts, profiles, pools, stapler, log } = this.#options;
     const next = applyDelta(this.#state, delta, (name, kept, dropped) =>
@@ -101,7 +104,7 @@ export class LiveServing {
       const same = (a: ServedCertificate | undefined, b: ServedCertificate): boolean => a !== undefined && a.serial === b.serial && a.keyId === b.keyId;
       for (const [name, old] of previous.layers.stapled) if (!same(next.state.layers.stapled.get(name), old)) stapler.untrack(old);
       // Every one, unchanged ones too: the stapler knows a certificate by identity, and these are new objects (an unchanged leaf keeps its staple).
-      trackInBackground(stapler, [...next.state.layers.stapled.values()]);
+      trackInBackground(stapler, [...next.state.layers.stapled.values()], this.#stillStapled, log);
       return;
     }
     for (const name of [...next.removed, ...next.changed.map((c) => c.name)]) {
@@ -120,6 +123,8 @@ export class LiveServing {
       trackInBackground(
         stapler,
         next.changed.filter((c) => next.state.records.get(c.name)?.stapled === true),
+        this.#stillStapled,
+        log,
       );
   }
 }
@@ -138,11 +143,32 @@ function leafAndIssuer(chainPem: string): (string | undefined)[] {
   return [blocks[0], blocks[1]].map((block) => block?.replace(/\s+/g, ''));
 }
 
-/** Staple fetching parses each leaf: spread over event-loop turns so a start with many certificates stays responsive. */
-function trackInBackground(stapler: OcspStapler, certificates: readonly ServedCertificate[]): void {
+/**
+ * Staple fetching parses each leaf: spread over event-loop turns so a start
+ * with many certificates stays responsive. A batch tracks only what is still
+ * served (`current`, asked when it runs): a change applied before it ran (a
+ * removal, a replacement) untracked the old certificate before it was ever
+ * tracked, and tracking it then started a refresh loop for a certificate no
+ * longer served, fetching until the worker exited. A certificate the stapler
+ * cannot track is logged and skipped: thrown from a setImmediate callback it
+ * would be uncaught, which ends the worker.
+ */
+function trackInBackground(
+  stapler: OcspStapler,
+  certificates: readonly ServedCertificate[],
+  current: (certificate: ServedCertificate) => boolean,
+  log: Logger,
+): void {
   const BATCH = 100;
   const step = (from: number): void => {
-    for (const certificate of certificates.slice(from, from + BATCH)) stapler.track(certificate);
+    for (const certificate of certificates.slice(from, from + BATCH)) {
+      if (!current(certificate)) continue;
+      try {
+        stapler.track(certificate);
+      } catch (err) {
+        log.warn({ certificate: certificate.name, err: (err as Error).message }, 'OCSP stapling not started for this certificate');
+      }
+    }
     if (from + BATCH < certificates.length) setImmediate(() => step(from + BATCH));
   };
   if (certificates.length > 0) step(0);
