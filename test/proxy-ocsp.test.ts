@@ -14,7 +14,7 @@ import { run, sClient } from './helpers/clients.js';
 import { sleep } from './helpers/basics.js';
 import { openAfterGc, openFiles } from './helpers/open-files.js';
 import { indexSerial, type OcspResponder, respondOffline, startOcspResponder, writeResponderFiles } from './helpers/ocsp-responder.js';
-import type { Issued } from './helpers/pki.js';
+import { createCa, type Issued } from './helpers/pki.js';
 import { freePort, startKeylessLab, type KeylessLab } from './helpers/proxy-lab.js';
 
 // OCSP stapling against a real responder (`openssl ocsp`): fetched in the
@@ -168,6 +168,27 @@ describe('stapling from a real responder', () => {
     const output = (await sClient(port, 'good.lab.test', lab.caFile, ['-status'])).stdout;
     expect(output).toContain('Cert Status: good');
     expect(output).toContain('HTTP/1.1 200 OK');
+  });
+
+  // The responder is still down. An entry re-sent with the same leaf and issuer and another chain (an intermediate
+  // re-bundled, a cross-signed root appended) is a change to the worker; it dropped the leaf's staple and refresh loop
+  // and started over, so until the responder answered again the certificate went unstapled.
+  it('a certificate re-sent with the same leaf and issuer keeps its staple', async () => {
+    const before = await handshake('good.lab.test');
+    expect(before.staple).toBeInstanceOf(Buffer);
+    const record = proxy.state.records.get('good')!;
+    const cross = await createCa('keyedge cross CA');
+    const chainPem = `${record.chainPem.trim()}\n${cross.certPem}`;
+    proxy.apply({
+      generation: 500,
+      routing: { domains: config.domains, sni: config.sni },
+      upsert: [{ ...record, chainPem, inputId: `${record.inputId}-rebundled` }],
+      remove: [],
+    });
+    expect(proxy.state.records.get('good')?.chainPem).toBe(chainPem);
+    const after = await handshake('good.lab.test');
+    expect(after.ok, after.error).toBe(true);
+    expect(after.staple?.equals(before.staple!), 'the staple was dropped with the old chain').toBe(true);
   });
 });
 

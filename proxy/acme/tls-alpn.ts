@@ -61,8 +61,20 @@ export class AlpnChallengeContexts {
   }
 }
 
-/** RFC 8737 §3: once the handshake is done there is nothing to say; close. */
+/** How long an acme-tls/1 connection we ended may wait for the client's end (nginx's lingering_timeout is 5 s). */
+export const ACME_LINGER_MS = 5_000;
+
+/**
+ * RFC 8737 §3: once the handshake is done there is nothing to say; close.
+ * The listener's handshake deadline was cleared at 'secure', so the end
+ * alone left the connection to the client: one that never sent its FIN held
+ * it, its descriptor and its per-client and per-worker slots until the
+ * worker stopped. It is destroyed when the client ends it too (Node's
+ * default, no half-open) or after ACME_LINGER_MS, whichever comes first.
+ */
 export function closeAfterHandshake(socket: tls.TLSSocket): void {
   socket.on('error', () => undefined);
+  const timer = setTimeout(() => socket.destroy(), ACME_LINGER_MS).unref();
+  socket.once('close', () => clearTimeout(timer));
   socket.end();
 }

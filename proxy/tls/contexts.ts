@@ -10,8 +10,11 @@
  * Reloads: `prepare` builds a new certificate's contexts beside the cache
  * (failing there, before anything is swapped), `commit` moves them in once
  * the worker's serving state points at the new certificate, and `forget`
- * drops the old one's. Keys include the key id and serial, so old and new
- * never share an entry. Connections that hold an old context keep it alive.
+ * drops the old one's. Keys include the key id, the serial and a digest of
+ * the chain, so old and new never share an entry, a chain-only change (the
+ * same leaf, another intermediate) included: `retain` after a whole state
+ * kept such a context, and running workers served the old chain.
+ * Connections that hold an old context keep it alive.
  *
  * Concurrency: worker-local, synchronous.
  */
@@ -128,17 +131,21 @@ export class SecureContextCache {
     return Math.max(0, this.#cache.max - this.#cache.size - this.#prepared.size);
   }
 
-  /** Keeps only the contexts of certificates `current` still serves in that version (after a whole new state); O(cached contexts). */
-  retain(current: (name: string, keyId: string, serial: string) => boolean): void {
+  /**
+   * Keeps only the contexts of certificates `current` still serves in that
+   * version, chain included (`chain`: chainDigest of the context's chain),
+   * after a whole new state; O(cached contexts).
+   */
+  retain(current: (name: string, keyId: string, serial: string, chain: string) => boolean): void {
     for (const key of [...this.#cache.keys()]) {
-      const [, keyId = '', serial = '', name = ''] = key.split('\0');
-      if (!current(name, keyId, serial)) this.#cache.delete(key);
+      const [, keyId = '', serial = '', chain = '', name = ''] = key.split('\0');
+      if (!current(name, keyId, serial, chain)) this.#cache.delete(key);
     }
   }
 
   /** Drops every context of a certificate (it was replaced or removed). */
   forget(certificate: ServedCertificate): void {
-    const suffix = `\0${certificate.keyId}\0${certificate.serial}\0${certificate.name}`;
+    const suffix = `\0${certificate.keyId}\0${certificate.serial}\0${chainOf(certificate)}\0${certificate.name}`;
     for (const key of [...this.#cache.keys()]) if (key.endsWith(suffix)) this.#cache.delete(key);
   }
 }
@@ -157,5 +164,19 @@ function sessionIdContext(profile: TlsProfileName, certificate: ServedCertificat
 }
 
 function cacheKey(profile: TlsProfileName, certificate: ServedCertificate): string {
-  return `${profile}\0${certificate.keyId}\0${certificate.serial}\0${certificate.name}`;
+  return `${profile}\0${certificate.keyId}\0${certificate.serial}\0${chainOf(certificate)}\0${certificate.name}`;
+}
+
+/** A chain's identity in a cache key: the same PEM text, the same digest (a serving record's chainPem is its certificate's). */
+export function chainDigest(chainPem: string): string {
+  return createHash('sha256').update(chainPem).digest('base64url').slice(0, 22);
+}
+
+/** Once per certificate object: cacheKey runs on every handshake. */
+const chains = new WeakMap<ServedCertificate, string>();
+
+function chainOf(certificate: ServedCertificate): string {
+  let digest = chains.get(certificate);
+  if (digest === undefined) chains.set(certificate, (digest = chainDigest(certificate.chainPem)));
+  return digest;
 }
