@@ -419,3 +419,36 @@ describe('token-keys.ts: deleting a retired key', () => {
     30_000,
   );
 });
+
+describe('the renewal loop past renewal.maxConcurrent', () => {
+  it('starts the next due entry as an order ends, not a pass (checkSeconds) later; never more than maxConcurrent at once, each entry once', () =>
+    withDir(async (state) => {
+      // Ten entries due now (none serves yet); one of them is refused at once (before the CA is asked).
+      const names = Array.from({ length: 10 }, (_, i) => `n${i}.example.net`);
+      for (const name of names) state.state.certificates[name] = { domains: [name], keyId: '', failures: 0 };
+      let running = 0;
+      let most = 0;
+      const { manager, orders } = recordingManager(state, {
+        answer: async (request) => {
+          most = Math.max(most, ++running);
+          try {
+            if (request.name === 'n5.example.net') throw new Error('refused at once');
+            await new Promise((resolve) => setTimeout(resolve, 5));
+            return { keyId: `k-${request.name}`, chainPem: '', newKey: true };
+          } finally {
+            running--;
+          }
+        },
+      });
+      await manager.tick();
+      expect(orders).toHaveLength(TEST_ACME.renewal.maxConcurrent);
+      // One pass: the six left start as places free. Before, they waited for the next pass, an hour later at the defaults
+      // (some 96 renewals a day in all).
+      for (let i = 0; i < 500 && !(orders.length >= names.length && running === 0); i++) await new Promise((resolve) => setTimeout(resolve, 10));
+      await new Promise((resolve) => setTimeout(resolve, 50));
+      expect(orders.map((o) => o.name)).toEqual(names);
+      expect(most).toBe(TEST_ACME.renewal.maxConcurrent);
+      for (const name of names) expect(state.state.certificates[name]?.keyId, name).toBe(name === 'n5.example.net' ? '' : `k-${name}`);
+      expect(state.state.certificates['n5.example.net']?.failures).toBe(1);
+    }));
+});

@@ -6,7 +6,8 @@
  * operator's word (admin API: POST /acme/issue, POST /acme/renew/NAME). At
  * most `renewal.maxConcurrent` orders run at once; an entry already in flight
  * is never ordered twice (orders.ts); an on-demand order waits its turn
- * (#inTurn), an operator's goes at once. A failure leaves the store entry as it
+ * (#inTurn), an operator's goes at once; the renewals a pass finds due past
+ * the bound start as orders end (#walk). A failure leaves the store entry as it
  * is (the current certificate keeps serving until it expires), is logged,
  * counted, remembered with its backoff in the state file, and shown in
  * GET /certs. An operator's order for a new list of names (domain-lists.ts)
@@ -63,12 +64,21 @@ export class CertificateManager {
   readonly #recorded: RecordedNames;
   /** On-demand orders waiting for a place among `renewal.maxConcurrent` (#inTurn), woken one per order that ends. */
   readonly #waiting: (() => void)[] = [];
+  /**
+   * The entries the current pass has not looked at yet: it stops where every place is taken and goes on from there each
+   * time an order ends (#placeFreed). It stopped there until the next pass, `checkSeconds` (an hour) later: at the
+   * defaults some 96 renewals a day whatever the CA's speed, so past a few thousand managed certificates the due ones
+   * piled up until they expired.
+   */
+  #left: string[] = [];
+  /** Whether a walk over #left is under way (#walk): one at a time. */
+  #walking = false;
   #timer: NodeJS.Timeout | undefined;
   #ticking = false;
 
   constructor(deps: ManagerDeps) {
     this.#deps = deps;
-    this.#orders = new OrderRunner(deps, () => this.#waiting.shift()?.());
+    this.#orders = new OrderRunner(deps, () => this.#placeFreed());
     this.#recorded = new RecordedNames(() => deps.state.state.certificates);
   }
 
@@ -232,8 +242,19 @@ export class CertificateManager {
           )
         : start();
     // Several orders may have ended at once, each waking one waiter: one more place free is the next one's turn too.
-    if (this.#orders.size < this.#deps.config.renewal.maxConcurrent) this.#waiting.shift()?.();
+    if (this.#orders.size < this.#deps.config.renewal.maxConcurrent) this.#placeFreed();
     return order;
+  }
+
+  /**
+   * A place among `renewal.maxConcurrent` may be free (an order ended, or a woken on-demand order took none): an on-demand
+   * order waiting its turn first (its handshakes have no certificate), else the pass goes on where it stopped. Each entry
+   * is looked at once a pass, so an order that ends at once (refused before the CA is asked) starts no loop.
+   */
+  #placeFreed(): void {
+    const wake = this.#waiting.shift();
+    if (wake !== undefined) wake();
+    else if (this.#left.length > 0) void this.#walk().catch((err: unknown) => this.#deps.log.error({ err }, 'ACME maintenance pass failed'));
   }
 
   /** An order (orders.ts); once it ends, its names may be the entry's (recorded-names.ts looks again). */
@@ -260,31 +281,59 @@ export class CertificateManager {
     };
   }
 
-  /** One maintenance pass: renew what is due, then forget stale on-demand failures and delete keys past their grace period. */
+  /**
+   * One maintenance pass: renew what is due, then forget stale on-demand failures and delete keys past their grace period.
+   * The renewals due past `renewal.maxConcurrent` start as the orders before them end (#left, #walk), not at the next pass.
+   */
   async tick(): Promise<void> {
     if (this.#ticking) return;
     this.#ticking = true;
     try {
       const now = Date.now();
-      const { certificates } = this.#deps.state.state;
-      for (const [name, managed] of Object.entries(certificates)) {
-        if (this.#orders.size >= this.#deps.config.renewal.maxConcurrent) break;
-        if (this.#orders.running(name) || (managed.notBefore !== undefined && Date.parse(managed.notBefore) > now)) continue;
-        const record = this.#deps.records().get(name);
-        // Retrying it here was an order and a token key per backoff step, outside the on-demand hourly limits, for every name ever sent.
-        // Only while no certificate serves it: one whose order was counted failed after its chain was stored (issuer.ts) serves,
-        // its handshakes tell the gate nothing, and skipped here it was never renewed and expired.
-        if (record === undefined && waitsForTheGate(managed)) continue;
-        if (record !== undefined) await this.#checkAri(name, managed, record);
-        // No certificate serves yet: due now, unless another node of the fleet just issued it and this node has not loaded it yet.
-        const due = record === undefined ? (this.#justIssuedElsewhere(managed, now) ? Number.POSITIVE_INFINITY : now) : this.#due(name, managed, record);
-        if (due <= now) this.#run(name).catch(() => undefined);
-      }
+      // A walk of the last pass still waiting for places goes on over every entry, in order, from the first.
+      this.#left = Object.keys(this.#deps.state.state.certificates);
+      await this.#walk();
       await forgetStaleFailures(this.#deps, this.#orders, now);
       await deleteRetiredKeys(this.#deps, now);
     } finally {
       this.#ticking = false;
     }
+  }
+
+  /** Orders the due entries of #left, in order, while a place is free; the rest wait for the next order to end (#placeFreed). */
+  async #walk(): Promise<void> {
+    // One walk at a time: one under way sees the place freed once its renewal-info lookup is answered. The flag is cleared in
+    // the same turn as the loop last looked at the places, so no order can end unseen in between.
+    if (this.#walking) return;
+    this.#walking = true;
+    try {
+      while (this.#left.length > 0 && this.#orders.size < this.#deps.config.renewal.maxConcurrent) await this.#consider(this.#left.shift() as string);
+    } finally {
+      this.#walking = false;
+    }
+  }
+
+  /** Orders entry `name` when it is due (policy.ts), not running, its backoff over, and not the on-demand gate's. */
+  async #consider(name: string): Promise<void> {
+    const now = Date.now();
+    const managed = this.#deps.state.state.certificates[name];
+    if (managed === undefined) return;
+    if (this.#orders.running(name) || (managed.notBefore !== undefined && Date.parse(managed.notBefore) > now)) return;
+    const record = this.#deps.records().get(name);
+    // Retrying it here was an order and a token key per backoff step, outside the on-demand hourly limits, for every name ever sent.
+    // Only while no certificate serves it: one whose order was counted failed after its chain was stored (issuer.ts) serves,
+    // its handshakes tell the gate nothing, and skipped here it was never renewed and expired.
+    if (record === undefined && waitsForTheGate(managed)) return;
+    if (record !== undefined) await this.#checkAri(name, managed, record);
+    // Its lookup awaited: another order (the operator's, an on-demand one) may have taken the entry or the last place meanwhile.
+    if (this.#orders.running(name)) return;
+    if (this.#orders.size >= this.#deps.config.renewal.maxConcurrent) {
+      this.#left.unshift(name);
+      return;
+    }
+    // No certificate serves yet: due now, unless another node of the fleet just issued it and this node has not loaded it yet.
+    const due = record === undefined ? (this.#justIssuedElsewhere(managed, now) ? Number.POSITIVE_INFINITY : now) : this.#due(name, managed, record);
+    if (due <= now) this.#run(name).catch(() => undefined);
   }
 
   #justIssuedElsewhere(managed: ManagedState, now: number): boolean {
