@@ -452,3 +452,45 @@ describe('the renewal loop past renewal.maxConcurrent', () => {
       expect(state.state.certificates['n5.example.net']?.failures).toBe(1);
     }));
 });
+
+describe('on-demand gate: a failed name ordered again while every order place is taken', () => {
+  it('waiting its turn, it is in progress: its next handshakes order nothing, and its registered domain keeps its hour', () =>
+    withDir(async (state) => {
+      const failed = 'failed.shop.example';
+      const past = new Date(Date.now() - 1000).toISOString();
+      // Its first order failed (validation) and its backoff is over: its next handshake orders it again.
+      state.state.certificates[failed] = {
+        domains: [failed],
+        keyId: '',
+        failures: 1,
+        onDemand: true,
+        notBefore: past,
+        lastError: { code: 'KEYEDGE_ERR_ACME', message: 'validation failed', at: past },
+      };
+      const { answer, release } = heldAnswer('k-new');
+      const { manager, orders } = recordingManager(state, { answer });
+      // The operator's orders take every place (renewal.maxConcurrent): the gate's order waits its turn.
+      const busy = Array.from({ length: TEST_ACME.renewal.maxConcurrent }, (_, i) => manager.issue([`busy${i}.other.example`]).catch(() => undefined));
+      const outcomes: string[] = [];
+      const gate = wiredGate(
+        manager,
+        { maxOrdersPerDomainPerHour: 3, publicNamesOnly: false },
+        {
+          onOutcome: (outcome, reason) => outcomes.push(reason === undefined ? outcome : `${outcome}:${reason}`),
+        },
+      );
+      expect(await gate.wanted(failed, '192.0.2.1')).toBe('ordered');
+      // Each worker reports it again every 10 s while it waits: before, each report was ordered again (the domain's hour
+      // spent, then rate_limited), and the domain's other new names were rate-limited for the hour.
+      for (let i = 0; i < 5; i++) await gate.wanted(failed, `192.0.2.${i + 2}`);
+      expect(outcomes).toEqual(['ordered', ...Array(5).fill('ignored:managed')]);
+      expect(manager.isManaged(failed)).toBe(true);
+      expect(manager.backingOff(failed)).toBe(false);
+      expect(await gate.wanted('new.shop.example', '192.0.2.50')).toBe('ordered');
+      release();
+      await Promise.all(busy);
+      await waitUntil(() => orders.length === TEST_ACME.renewal.maxConcurrent + 2 && !(manager.view(failed) as { renewing: boolean }).renewing);
+      expect(orders.filter((o) => o.name === failed)).toHaveLength(1);
+      expect(state.state.certificates[failed]).toMatchObject({ keyId: 'k-new', failures: 0 });
+    }));
+});

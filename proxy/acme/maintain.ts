@@ -65,6 +65,12 @@ export class CertificateManager {
   /** On-demand orders waiting for a place among `renewal.maxConcurrent` (#inTurn), woken one per order that ends. */
   readonly #waiting: (() => void)[] = [];
   /**
+   * The entries with an on-demand order waiting its turn (#inTurn), and how many: in progress as a running order is. A failed
+   * on-demand entry whose backoff was over, queued so, was neither managed nor backing off, and each of its handshakes (every
+   * worker's report, every 10 s) ran the whole gate again: an ask request and an order of its registered domain's hour each.
+   */
+  readonly #queued = new Map<string, number>();
+  /**
    * The entries the current pass has not looked at yet: it stops where every place is taken and goes on from there each
    * time an order ends (#placeFreed). It stopped there until the next pass, `checkSeconds` (an hour) later: at the
    * defaults some 96 renewals a day whatever the CA's speed, so past a few thousand managed certificates the due ones
@@ -106,7 +112,7 @@ export class CertificateManager {
    */
   isManaged(name: string): boolean {
     const { certificates } = this.#deps.state.state;
-    const live = (entry: string, managed: ManagedState): boolean => this.#orders.running(entry) || !waitsForTheGate(managed);
+    const live = (entry: string, managed: ManagedState): boolean => this.#inProgress(entry) || !waitsForTheGate(managed);
     const entry = this.entryOf([name]);
     const own = certificates[entry];
     if (own !== undefined && live(entry, own)) return true;
@@ -128,7 +134,12 @@ export class CertificateManager {
   backingOff(name: string): boolean {
     const entry = this.entryOf([name]);
     const own = this.#deps.state.state.certificates[entry];
-    return own !== undefined && !this.#orders.running(entry) && backingOff(own, Date.now());
+    return own !== undefined && !this.#inProgress(entry) && backingOff(own, Date.now());
+  }
+
+  /** Whether an order for entry `name` runs, or an on-demand one waits its turn (#inTurn). */
+  #inProgress(name: string): boolean {
+    return this.#orders.running(name) || this.#queued.has(name);
   }
 
   /**
@@ -139,7 +150,7 @@ export class CertificateManager {
     const holders = new Map<string, readonly string[]>();
     for (const [entry, managed] of Object.entries(this.#deps.state.state.certificates)) {
       const running = this.#orders.domainsOf(entry);
-      if (running === undefined && waitsForTheGate(managed)) continue;
+      if (running === undefined && !this.#queued.has(entry) && waitsForTheGate(managed)) continue;
       holders.set(entry, running === undefined ? managed.domains : [...new Set([...managed.domains, ...running])]);
     }
     return holders;
@@ -223,15 +234,22 @@ export class CertificateManager {
    * renewal loop's bound). Each such order went at once: a burst of names the ask policy allows (customers onboarding,
    * or a client cycling them) ran as many orders as the hourly limits let through, each with its `keyedge key generate`
    * child (a node process) and key-server connection, and on a small host their starts took the CPU from the workers'
-   * handshakes. Waiting, the entry is recorded, so its name is managed: its handshakes order nothing more. Rejects
+   * handshakes. Waiting, the entry is recorded and counted in progress (#queued, a failed one too), so its name is managed: its handshakes order nothing more. Rejects
    * when the entry was ordered (issued, or failed: its backoff holds) or forgotten meanwhile (the operator's issue or
    * renew, the loop, another node): nothing to order then.
    */
   async #inTurn(name: string, start: () => Promise<Issued>): Promise<Issued> {
     const asked = this.#deps.state.state.certificates[name];
     const [issuedAt, failures] = [asked?.lastIssuedAt, asked?.failures];
-    while (this.#orders.size >= this.#deps.config.renewal.maxConcurrent && !this.#orders.running(name)) {
-      await new Promise<void>((resolve) => this.#waiting.push(resolve));
+    this.#queued.set(name, (this.#queued.get(name) ?? 0) + 1);
+    try {
+      while (this.#orders.size >= this.#deps.config.renewal.maxConcurrent && !this.#orders.running(name)) {
+        await new Promise<void>((resolve) => this.#waiting.push(resolve));
+      }
+    } finally {
+      const queued = (this.#queued.get(name) ?? 1) - 1;
+      if (queued === 0) this.#queued.delete(name);
+      else this.#queued.set(name, queued);
     }
     const managed = this.#deps.state.state.certificates[name];
     // Started in the same turn as the count was read, so the next waiter woken counts it.
