@@ -4,7 +4,7 @@ import type { AddressInfo } from 'node:net';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { ecdsaRawToDer } from '../keyserver/token/ecdsa-der.js';
 import { AcmeClient, parseRetryAfter } from '../proxy/acme/client.js';
 import { AcmeError } from '../proxy/acme/errors.js';
@@ -139,7 +139,7 @@ describe('ARI (RFC 9773) against a fake renewal-info endpoint', () => {
 
     // The CA moves the window into the past (as for a revocation): the next look renews at once, with `replaces`.
     window = { start: new Date(Date.now() - 2 * DAY).toISOString(), end: new Date(Date.now() - DAY).toISOString() };
-    state.state.certificates['ari.example']!.ari!.checkedAt = new Date(0).toISOString();
+    Object.assign(state.state.certificates['ari.example']!.ari!, { checkedAt: new Date(0).toISOString(), recheckAt: new Date(0).toISOString() });
     await manager.tick();
     await new Promise((resolve) => setTimeout(resolve, 100));
     expect(orders).toEqual([{ name: 'ari.example', domains: ['ari.example'], replaces: times.certId }]);
@@ -422,6 +422,87 @@ describe('names the on-demand gate takes as managed', () => {
       expect(manager.isManaged('c.example')).toBe(true);
     } finally {
       rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
+
+describe('ARI windows a CA should not have given (RFC 9773): held to the lifetime', () => {
+  /** A managed entry whose certificate was issued `ageDays` ago for 90 days, and a manager whose CA answers `window()`. */
+  async function managed(ageDays: number, window: () => { start: Date; end: Date; retryAfterMs: number | undefined }) {
+    const dir = mkdtempSync(join(tmpdir(), 'keyedge-ari-clamp-'));
+    const ca = await createCa('ARI clamp CA');
+    const leaf = await issue(ca, {
+      commonName: 'clamp.example',
+      dnsNames: ['clamp.example'],
+      keyAlgorithm: 'ec-p256',
+      notBefore: new Date(Date.now() - ageDays * DAY),
+      notAfter: new Date(Date.now() + (90 - ageDays) * DAY),
+    });
+    const record = { name: 'clamp.example', chainPem: leaf.certPem, keyId: 'k1' } as unknown as CertificateRecord;
+    const state = new StateFile(dir);
+    state.state.certificates['clamp.example'] = { domains: ['clamp.example'], keyId: 'k1', failures: 0 };
+    let lookups = 0;
+    const { manager, orders } = recordingManager(state, {
+      answer: async () => ({ keyId: 'k2', chainPem: leaf.certPem, newKey: true }),
+      records: new Map([['clamp.example', record]]),
+      renewalWindow: async () => {
+        lookups++;
+        return window();
+      },
+    });
+    const byLifetime = renewalTime('clamp.example', leafTimes(leaf.certPem), acme.renewal);
+    const renewAt = (): number => Date.parse((manager.view('clamp.example') as { renewAt: string }).renewAt);
+    return { manager, orders, byLifetime, renewAt, lookups: () => lookups, done: () => rmSync(dir, { recursive: true, force: true }) };
+  }
+  const settle = (): Promise<unknown> => new Promise((resolve) => setTimeout(resolve, 100));
+
+  it('a window past the expiry of a certificate due by its lifetime: renewed now, not after it expired', async () => {
+    const m = await managed(80, () => ({ start: new Date(Date.now() + 365 * DAY), end: new Date(Date.now() + 366 * DAY), retryAfterMs: undefined }));
+    try {
+      await m.manager.tick();
+      await settle();
+      expect(m.orders.map((o) => o.name)).toEqual(['clamp.example']);
+    } finally {
+      m.done();
+    }
+  });
+
+  it('a window starting after notAfter for a new certificate: renewed at once; one past the lifetime time: at the lifetime time', async () => {
+    const after = await managed(1, () => ({ start: new Date(Date.now() + 100 * DAY), end: new Date(Date.now() + 101 * DAY), retryAfterMs: undefined }));
+    const late = await managed(1, () => ({ start: new Date(Date.now() + 85 * DAY), end: new Date(Date.now() + 86 * DAY), retryAfterMs: undefined }));
+    try {
+      await after.manager.tick();
+      await late.manager.tick();
+      await settle();
+      expect(after.orders.map((o) => o.name)).toEqual(['clamp.example']);
+      expect(late.orders).toHaveLength(0);
+      expect(late.renewAt()).toBe(Math.floor(late.byLifetime));
+    } finally {
+      after.done();
+      late.done();
+    }
+  });
+
+  it("the renewal info is asked again after the CA's Retry-After (held to an hour .. a day), not always 6 hours later", async () => {
+    const window = { start: new Date(Date.now() + 30 * DAY), end: new Date(Date.now() + 31 * DAY) };
+    const soon = await managed(1, () => ({ ...window, retryAfterMs: 2 * 3_600_000 }));
+    const later = await managed(1, () => ({ ...window, retryAfterMs: 20 * 3_600_000 }));
+    vi.useFakeTimers({ toFake: ['Date'] });
+    try {
+      await soon.manager.tick();
+      await later.manager.tick();
+      expect([soon.lookups(), later.lookups()]).toEqual([1, 1]);
+      vi.setSystemTime(Date.now() + 3 * 3_600_000);
+      await soon.manager.tick();
+      await later.manager.tick();
+      vi.setSystemTime(Date.now() + 4 * 3_600_000);
+      await later.manager.tick();
+      // Three hours on, the one told two hours is asked again; seven hours on, the one told twenty is not yet.
+      expect([soon.lookups(), later.lookups()]).toEqual([2, 1]);
+    } finally {
+      vi.useRealTimers();
+      soon.done();
+      later.done();
     }
   });
 });

@@ -33,7 +33,7 @@ import { entryOf } from './entry-names.js';
 import { deleteRetiredKeys, forgetStaleFailures } from './housekeeping.js';
 import type { Issued } from './issuer.js';
 import { type NewList, type OrderDeps, OrderRunner } from './orders.js';
-import { ariTime, leafTimes, renewalTime } from './policy.js';
+import { ariRenewalTime, leafTimes, renewalTime } from './policy.js';
 import { RecordedNames } from './recorded-names.js';
 import { backingOff, type ManagedState, waitsForTheGate } from './state.js';
 import type { TokenKeys } from './token-keys.js';
@@ -47,8 +47,12 @@ export interface ManagerDeps extends OrderDeps {
 /** In a fleet, a certificate another node issued this recently is loading here, not missing. */
 const JUST_ISSUED_MS = 120_000;
 
-/** ARI windows are looked at again after the CA's Retry-After, or this long (RFC 9773 §4.3 suggests hours). */
+/** ARI windows are looked at again after the CA's Retry-After, or this long without one (RFC 9773 §4.3 suggests hours). */
 const ARI_RECHECK_MS = 6 * 3_600_000;
+
+/** The CA's Retry-After for its renewal info is held to this range (RFC 9773 §4.3.2: clamped to a reasonable range). */
+const ARI_RECHECK_MIN_MS = 3_600_000;
+const ARI_RECHECK_MAX_MS = 86_400_000;
 
 /** What an issue did: the certificate, the entry, the names it covers, and the entry's names before when it changed them (domain-lists.ts). */
 export interface IssueOutcome extends Issued {
@@ -351,7 +355,8 @@ export class CertificateManager {
     }
     // No certificate serves yet: due now, unless another node of the fleet just issued it and this node has not loaded it yet.
     const due = record === undefined ? (this.#justIssuedElsewhere(managed, now) ? Number.POSITIVE_INFINITY : now) : this.#due(name, managed, record);
-    if (due <= now) this.#run(name).catch(() => undefined);
+    // Now as the lookup left it: a window the CA says is for at once is due at the time it was answered.
+    if (due <= Date.now()) this.#run(name).catch(() => undefined);
   }
 
   #justIssuedElsewhere(managed: ManagedState, now: number): boolean {
@@ -360,18 +365,32 @@ export class CertificateManager {
 
   #due(name: string, managed: ManagedState, record: CertificateRecord): number {
     const leaf = leafTimes(record.chainPem);
-    if (managed.ari !== undefined && managed.ari.serial === leaf.serial) return Date.parse(managed.ari.at);
-    return renewalTime(name, leaf, this.#deps.config.renewal);
+    const byLifetime = renewalTime(name, leaf, this.#deps.config.renewal);
+    // A time chosen before the window was held to the lifetime (a state written then, or by an older node of the fleet).
+    if (managed.ari !== undefined && managed.ari.serial === leaf.serial) return Math.min(Date.parse(managed.ari.at), byLifetime);
+    return byLifetime;
   }
 
   async #checkAri(name: string, managed: ManagedState, record: CertificateRecord): Promise<void> {
     const leaf = leafTimes(record.chainPem);
     if (leaf.certId === undefined) return;
-    if (managed.ari?.serial === leaf.serial && Date.now() - Date.parse(managed.ari.checkedAt) < ARI_RECHECK_MS) return;
+    const { ari } = managed;
+    if (ari?.serial === leaf.serial && Date.now() < (ari.recheckAt === undefined ? Date.parse(ari.checkedAt) + ARI_RECHECK_MS : Date.parse(ari.recheckAt))) {
+      return;
+    }
     try {
       const window = await this.#deps.renewalWindow(leaf.certId);
       if (window === undefined) return;
-      managed.ari = { serial: leaf.serial, at: new Date(ariTime(window)).toISOString(), checkedAt: new Date().toISOString() };
+      const now = Date.now();
+      // Never later than by the lifetime: a window past notAfter (a buggy or hostile CA) ordered nothing until it expired.
+      const at = ariRenewalTime(window, leaf, renewalTime(name, leaf, this.#deps.config.renewal), now);
+      const recheckMs = Math.min(Math.max(window.retryAfterMs ?? ARI_RECHECK_MS, ARI_RECHECK_MIN_MS), ARI_RECHECK_MAX_MS);
+      managed.ari = {
+        serial: leaf.serial,
+        at: new Date(at).toISOString(),
+        checkedAt: new Date(now).toISOString(),
+        recheckAt: new Date(now + recheckMs).toISOString(),
+      };
       void this.#deps.state.save();
     } catch (err) {
       // Without a window the lifetime rule still holds: ARI only ever moves the date.
