@@ -76,6 +76,8 @@ export function startAcmeService(
     registry,
     keyserver: () => connectKeyserver(config),
     records: () => source.records,
+    // The store itself, not only what serves: an entry refused for now (not yet valid, its key unknown) is the operator's.
+    stored: (name) => source.config.certificates.some((c) => c.name === name) || storeHas(source, name),
     store: async (name, chainPem, keyId, domains, lock) => {
       await source.putCertificate(name, chainPem, { keyId, names: domains, source: 'ACME', ...(lock === undefined ? {} : { lock }) });
       const report = await coordinator.reload('admin', [name]);
@@ -86,4 +88,13 @@ export function startAcmeService(
     shared,
     publishWaitMs: CHALLENGE_PUBLISH_WAIT_MS,
   });
+}
+
+/** Whether the store has entry `name` now; a name the store could not hold has none. */
+function storeHas(source: ServingSource, name: string): boolean {
+  try {
+    return source.store.has(name);
+  } catch {
+    return false;
+  }
 }

@@ -41,6 +41,11 @@ import type { TokenKeys } from './token-keys.js';
 export interface ManagerDeps extends OrderDeps {
   readonly keys: TokenKeys;
   /** RFC 9773 renewal window for a certID; undefined when the CA offers no ARI. */
+  /**
+   * Whether the certificate store (or the config's certificates) has an entry named `name`, serving or not (refused: not yet
+   * valid, its key unknown, …); default: only what serves (`records`). Not ACME's to take on demand: its chain replaced it.
+   */
+  readonly stored?: (name: string) => boolean;
   readonly renewalWindow: (certId: string) => Promise<{ start: Date; end: Date; retryAfterMs: number | undefined } | undefined>;
 }
 
@@ -160,6 +165,16 @@ export class CertificateManager {
     return holders;
   }
 
+  /**
+   * Whether `name`'s entry is a certificate of the store (uploaded, the config's, or a renewal tool's), serving or refused:
+   * an on-demand order's chain would replace it. Asked of what serves alone, an operator's entry refused for now (not yet
+   * valid, its key not yet in the token) was replaced by the on-demand certificate of a handshake for its name.
+   */
+  inStore(name: string): boolean {
+    const entry = this.entryOf([name]);
+    return this.#deps.records().has(entry) || this.#deps.stored?.(entry) === true;
+  }
+
   get failing(): number {
     return Object.values(this.#deps.state.state.certificates).filter((c) => c.failures > 0).length;
   }
@@ -184,7 +199,7 @@ export class CertificateManager {
       // The gate asked before awaiting its ask endpoint: an order or an expansion may cover the name since (here, or another
       // node's, taken with the fleet's state since: the index is rebuilt for this question, asked only of a name to order).
       if (onDemand) this.#recorded.changed();
-      if (onDemand && domains.some((d) => this.isManaged(d) || this.#deps.records().has(this.entryOf([d])))) {
+      if (onDemand && domains.some((d) => this.isManaged(d) || this.inStore(d))) {
         throw new KeyedgeError('KEYEDGE_ERR_ACME', `'${domains.join(', ')}' became managed while the on-demand checks ran; not ordered on demand`);
       }
       // Its order failed while the checks ran (or the gate was asked before its failure was known): its backoff holds.
