@@ -506,3 +506,41 @@ describe('ARI windows a CA should not have given (RFC 9773): held to the lifetim
     }
   });
 });
+
+describe("a CA's error answer that is not a problem document (RFC 8555 §6.7)", () => {
+  it.each([
+    ['a body that is null', 'null', undefined],
+    ['a type that is not a string', '{"type":5,"detail":{"a":1}}', undefined],
+    ['an array', '[1,2]', undefined],
+    ['a problem document', '{"type":"urn:ietf:params:acme:error:rateLimited","detail":"too many"}', 'rateLimited'],
+  ])('%s: an ACME error with its status and Retry-After, not a TypeError', async (_what, body, problem) => {
+    const server = http.createServer((_req, res) => {
+      res.writeHead(429, { 'retry-after': '3600', 'content-type': 'application/problem+json' }).end(body);
+    });
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    const client = new AcmeClient({
+      directoryUrl: `http://127.0.0.1:${(server.address() as AddressInfo).port}/dir`,
+      signer: { jwk: { crv: 'P-256', kty: 'EC', x: '', y: '' }, sign: async () => Buffer.alloc(0) },
+      timeoutMs: 5_000,
+    });
+    try {
+      const failure = await client.directory().then(
+        () => undefined,
+        (err: unknown) => err,
+      );
+      // Without the status and Retry-After, a 429 asking for an hour was retried after retryMinSeconds (a minute).
+      expect(failure).toBeInstanceOf(AcmeError);
+      expect(failure).toMatchObject({ status: 429, retryAfterMs: 3_600_000, problem });
+      expect((failure as Error).message).toMatch(/: 429\b/);
+    } finally {
+      client.close();
+      await new Promise((resolve) => server.close(resolve));
+    }
+  });
+
+  it('a Retry-After too long for a number is capped at a day, not taken as absent', () => {
+    expect(parseRetryAfter('9'.repeat(400))).toBe(86_400_000);
+    expect(parseRetryAfter(' 172800 ')).toBe(86_400_000);
+    expect(parseRetryAfter('-5')).toBe(0);
+  });
+});
