@@ -544,3 +544,69 @@ describe("a CA's error answer that is not a problem document (RFC 8555 §6.7)", 
     expect(parseRetryAfter('-5')).toBe(0);
   });
 });
+
+describe('renewal info that fails (RFC 9773): the lifetime rule holds, and the pass is not held', () => {
+  /** `count` managed entries, each serving a certificate issued a day ago for 90 days, whose renewal info `lookup` answers. */
+  async function managedMany(count: number, lookup: () => Promise<never>) {
+    const dir = mkdtempSync(join(tmpdir(), 'keyedge-ari-fail-'));
+    const ca = await createCa('ARI failing CA');
+    const state = new StateFile(dir);
+    const records = new Map<string, CertificateRecord>();
+    for (let i = 0; i < count; i++) {
+      const name = `f${i}.example`;
+      const leaf = await issue(ca, {
+        commonName: name,
+        dnsNames: [name],
+        keyAlgorithm: 'ec-p256',
+        notBefore: new Date(Date.now() - DAY),
+        notAfter: new Date(Date.now() + 89 * DAY),
+      });
+      records.set(name, { name, chainPem: leaf.certPem, keyId: `k${i}` } as unknown as CertificateRecord);
+      state.state.certificates[name] = { domains: [name], keyId: `k${i}`, failures: 0 };
+    }
+    let lookups = 0;
+    const { manager, orders } = recordingManager(state, {
+      answer: async () => ({ keyId: 'k-new', chainPem: '', newKey: true }),
+      records,
+      renewalWindow: () => {
+        lookups++;
+        return lookup();
+      },
+    });
+    return { manager, orders, lookups: () => lookups, done: () => rmSync(dir, { recursive: true, force: true }) };
+  }
+
+  it('an endpoint that does not answer in time is asked once, not once per certificate at every pass, and again an hour on', async () => {
+    const m = await managedMany(5, async () => {
+      throw new AcmeError('GET https://ca.example/renewal-info/x: no answer in time', {});
+    });
+    vi.useFakeTimers({ toFake: ['Date'] });
+    try {
+      // Each lookup was two requests of up to timeoutMs: the pass took 2 × timeoutMs per certificate, every pass.
+      await m.manager.tick();
+      await m.manager.tick();
+      expect(m.lookups()).toBe(1);
+      vi.setSystemTime(Date.now() + 2 * 3_600_000);
+      await m.manager.tick();
+      expect(m.lookups()).toBe(2);
+      expect(m.orders).toHaveLength(0);
+    } finally {
+      vi.useRealTimers();
+      m.done();
+    }
+  });
+
+  it('a certificate the CA answers 404 for is not asked about again at the next pass; the others still are', async () => {
+    const m = await managedMany(3, async () => {
+      throw new AcmeError('GET https://ca.example/renewal-info/x: 404', { status: 404 });
+    });
+    try {
+      await m.manager.tick();
+      expect(m.lookups()).toBe(3);
+      await m.manager.tick();
+      expect(m.lookups()).toBe(3);
+    } finally {
+      m.done();
+    }
+  });
+});

@@ -172,7 +172,8 @@ export class AcmeClient {
     const start = new Date(window?.start ?? Number.NaN);
     const end = new Date(window?.end ?? Number.NaN);
     if (Number.isNaN(start.getTime()) || Number.isNaN(end.getTime()) || end < start)
-      throw new AcmeError('renewalInfo answered without a valid suggestedWindow', {});
+      // An answer about this certificate (its status: 2xx), not the endpoint's failure (maintain.ts).
+      throw new AcmeError('renewalInfo answered without a valid suggestedWindow', { status: 200 });
     return { start, end, retryAfterMs: answer.retryAfterMs };
   }
 

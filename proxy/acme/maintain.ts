@@ -30,6 +30,7 @@ import { KeyedgeError } from '../../keyserver/shared/errors.js';
 import type { CertificateRecord } from '../serving/spec.js';
 import { covers, domainsToOrder, entryForList } from './domain-lists.js';
 import { entryOf } from './entry-names.js';
+import { AcmeError } from './errors.js';
 import { deleteRetiredKeys, forgetStaleFailures } from './housekeeping.js';
 import type { Issued } from './issuer.js';
 import { type NewList, type OrderDeps, OrderRunner } from './orders.js';
@@ -58,6 +59,14 @@ const ARI_RECHECK_MS = 6 * 3_600_000;
 /** The CA's Retry-After for its renewal info is held to this range (RFC 9773 §4.3.2: clamped to a reasonable range). */
 const ARI_RECHECK_MIN_MS = 3_600_000;
 const ARI_RECHECK_MAX_MS = 86_400_000;
+
+/**
+ * After the CA's renewal info did not answer (no answer in time, unreachable, 5xx, 429), it is asked nothing for this long
+ * (or its Retry-After, held to ARI_RECHECK_MIN_MS .. ARI_RECHECK_MAX_MS): the entries renew by lifetime meanwhile. Each
+ * entry's lookup was awaited in turn, two requests of up to `timeoutMs` each, and a failed one was asked again at every
+ * pass: a slow endpoint held the pass (and the renewals after it) for 2 × timeoutMs per managed certificate.
+ */
+const ARI_PAUSE_MS = ARI_RECHECK_MIN_MS;
 
 /** What an issue did: the certificate, the entry, the names it covers, and the entry's names before when it changed them (domain-lists.ts). */
 export interface IssueOutcome extends Issued {
@@ -88,6 +97,10 @@ export class CertificateManager {
   #left: string[] = [];
   /** Whether a walk over #left is under way (#walk): one at a time. */
   #walking = false;
+  /** No renewal-info lookup before this (ms since the epoch): the CA's endpoint did not answer (ARI_PAUSE_MS). */
+  #ariPausedUntil = 0;
+  /** Per entry, the serial whose renewal info the CA refused (a 4xx, a window that is none), and when to ask again. */
+  readonly #ariRefused = new Map<string, { readonly serial: string; readonly retryAt: number }>();
   #timer: NodeJS.Timeout | undefined;
   #ticking = false;
 
@@ -327,8 +340,11 @@ export class CertificateManager {
     this.#ticking = true;
     try {
       const now = Date.now();
-      // A walk of the last pass still waiting for places goes on over every entry, in order, from the first.
-      this.#left = Object.keys(this.#deps.state.state.certificates);
+      const { certificates } = this.#deps.state.state;
+      // A walk of the last pass still under way (waiting for places, or for slow renewal-info answers) goes on: started over
+      // each pass, the entries past where it got in a pass's time were never looked at.
+      if (this.#left.length === 0) this.#left = Object.keys(certificates);
+      for (const name of this.#ariRefused.keys()) if (certificates[name] === undefined) this.#ariRefused.delete(name);
       await this.#walk();
       await forgetStaleFailures(this.#deps, this.#orders, now);
       await deleteRetiredKeys(this.#deps, now);
@@ -393,8 +409,11 @@ export class CertificateManager {
     if (ari?.serial === leaf.serial && Date.now() < (ari.recheckAt === undefined ? Date.parse(ari.checkedAt) + ARI_RECHECK_MS : Date.parse(ari.recheckAt))) {
       return;
     }
+    const refused = this.#ariRefused.get(name);
+    if (Date.now() < this.#ariPausedUntil || (refused?.serial === leaf.serial && Date.now() < refused.retryAt)) return;
     try {
       const window = await this.#deps.renewalWindow(leaf.certId);
+      this.#ariRefused.delete(name);
       if (window === undefined) return;
       const now = Date.now();
       // Never later than by the lifetime: a window past notAfter (a buggy or hostile CA) ordered nothing until it expired.
@@ -408,8 +427,20 @@ export class CertificateManager {
       };
       void this.#deps.state.save();
     } catch (err) {
-      // Without a window the lifetime rule still holds: ARI only ever moves the date.
-      this.#deps.log.warn({ certificate: name, err: (err as Error).message }, 'ACME renewal info unavailable; renewing by lifetime');
+      // Without a window the lifetime rule still holds: ARI only ever moves the date. An answer about this certificate (a 4xx,
+      // a window that is none) is its own, asked again ARI_RECHECK_MS later; any other failure is the endpoint's: it rests.
+      const status = err instanceof AcmeError ? err.status : undefined;
+      const own = status !== undefined && status < 500 && status !== 429;
+      const now = Date.now();
+      if (own) this.#ariRefused.set(name, { serial: leaf.serial, retryAt: now + ARI_RECHECK_MS });
+      else {
+        const retryAfterMs = err instanceof AcmeError ? err.retryAfterMs : undefined;
+        this.#ariPausedUntil = now + Math.min(Math.max(retryAfterMs ?? ARI_PAUSE_MS, ARI_RECHECK_MIN_MS), ARI_RECHECK_MAX_MS);
+      }
+      this.#deps.log.warn(
+        { certificate: name, err: (err as Error).message, retryInMs: own ? ARI_RECHECK_MS : this.#ariPausedUntil - now },
+        own ? 'ACME renewal info refused for this certificate; renewing by lifetime' : 'ACME renewal info unavailable; renewing by lifetime',
+      );
     }
   }
 }
