@@ -521,4 +521,22 @@ describe('an order of an issuer in the test process, through a front of its own 
       removeDir(here.dir);
     }
   }, 60_000);
+
+  it('an order the CA answers with more authorizations than names ordered fails at once: none of the others is fetched or deactivated', async () => {
+    own.mode = 'padAuthz';
+    own.padCount = 50;
+    const here = issuerHere();
+    try {
+      // Before: each was fetched in turn (a key-server signature each) until one failed, then all the rest deactivated.
+      const failure = await here.issuer.issue({ name: NAME, domains: [NAME], keyId: here.keyId }).catch((e: unknown) => e as Error);
+      expect(failure).toBeInstanceOf(Error);
+      expect((failure as Error).message).toMatch(/has 51 authorizations for the 1 names ordered \(RFC 8555 §7\.1\.3\)/);
+      expect(own.faults.padded ?? 0).toBe(0);
+      expect(here.stored).toEqual([]);
+      expect(here.outcomes).toEqual(['failed']);
+    } finally {
+      own.mode = 'pass';
+      removeDir(here.dir);
+    }
+  }, 60_000);
 });

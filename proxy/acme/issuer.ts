@@ -233,6 +233,14 @@ export class AcmeIssuer {
       ...(config.profile === null ? {} : { profile: config.profile }),
     });
     log.info({ certificate: request.name, domains: request.domains, order: url }, 'ACME order created');
+    // RFC 8555 §7.1.3: an authorization per identifier ordered. More is no order for these names: a CA's list of thousands
+    // was fetched one by one (each a signature of the key server) and, the order failed, all deactivated at once.
+    if (order.authorizations.length > request.domains.length) {
+      throw new AcmeError(
+        `the CA's order ${url} has ${order.authorizations.length} authorizations for the ${request.domains.length} names ordered (RFC 8555 §7.1.3): not an order for them`,
+        {},
+      );
+    }
     const published: string[] = [];
     // The certificate key signs the CSR and, for TLS-ALPN-01, the challenge certificates: no other key is made.
     const signer: CsrSigner = async (hash, digest) => {
