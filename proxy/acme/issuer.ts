@@ -241,6 +241,8 @@ export class AcmeIssuer {
         {},
       );
     }
+    /** The identifiers ordered, as an authorization names them (RFC 8555 §7.1.4: a wildcard's without `*.`, `wildcard` true). */
+    const ordered = new Set(request.domains.map((d) => d.toLowerCase()));
     const published: string[] = [];
     // The certificate key signs the CSR and, for TLS-ALPN-01, the challenge certificates: no other key is made.
     const signer: CsrSigner = async (hash, digest) => {
@@ -254,6 +256,15 @@ export class AcmeIssuer {
     try {
       for (const authzUrl of order.authorizations) {
         const authz = (await acme.authorization(authzUrl)).body;
+        // Only a name ordered: for another, its challenge went on every worker's board (an HTTP-01 answer for the CA's Host,
+        // a TLS-ALPN-01 certificate signed with this order's key) at a buggy or hostile CA's word.
+        const identifier = `${authz.wildcard === true ? '*.' : ''}${authz.identifier.value.toLowerCase()}`;
+        if (authz.identifier.type !== 'dns' || !ordered.has(identifier)) {
+          throw new AcmeError(
+            `the CA's authorization ${authzUrl} is for ${authz.identifier.type} ${authz.identifier.value}, not a name ordered (${request.domains.join(', ')}): no challenge answered for it`,
+            {},
+          );
+        }
         if (authz.status === 'valid') {
           settled.add(authzUrl);
           continue;

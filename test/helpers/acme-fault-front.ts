@@ -14,15 +14,16 @@
  * URL, RFC 9773, which pebble 2.4 has not, answering every certificate a
  * window already past: each is due for renewal at once), `padAuthz` (a new
  * order's authorizations followed by `padCount` more of the front's own, each
- * request for one counted in `faults.padded`). Pebble itself has no rate
- * limits.
+ * request for one counted in `faults.padded`), `foreignAuthz` (every
+ * authorization answered pending for `foreignName`, its challenges pending).
+ * Pebble itself has no rate limits.
  * `openConnections()` counts the clients' connections open to the front.
  */
 import { readFileSync } from 'node:fs';
 import https from 'node:https';
 import type { AddressInfo } from 'node:net';
 
-export type FaultMode = 'pass' | 'down' | 'slow' | 'badNonce' | 'rateLimited' | 'huge' | 'stuckPending' | 'reuseValid' | 'ariDue' | 'padAuthz';
+export type FaultMode = 'pass' | 'down' | 'slow' | 'badNonce' | 'rateLimited' | 'huge' | 'stuckPending' | 'reuseValid' | 'ariDue' | 'padAuthz' | 'foreignAuthz';
 
 export interface FaultFront {
   readonly directory: string;
@@ -41,6 +42,8 @@ export interface FaultFront {
   readonly deactivations: { readonly path: string; readonly answer: string }[];
   /** For `padAuthz`: how many authorizations of the front's own a new order gets after its own. */
   padCount: number;
+  /** For `foreignAuthz`: the name every authorization is said to be for. */
+  foreignName: string;
   /** For `reuseValid`: the path of an order (`/my-order/…`) the front has relayed. */
   reusePath: string;
   /** Each order's last answer relayed, by its path. */
@@ -66,6 +69,7 @@ export async function startFaultFront(pebbleDirectory: string, certFile: string,
     deactivations: [],
     reusePath: '',
     padCount: 0,
+    foreignName: '',
     orders: new Map(),
     openConnections: () => new Promise((resolve, reject) => server.getConnections((err, n) => (err ? reject(err) : resolve(n)))),
     close: () => new Promise((resolve) => server.close(() => resolve())),
@@ -148,6 +152,16 @@ export async function startFaultFront(pebbleDirectory: string, certFile: string,
                 const order = JSON.parse(text) as { authorizations: string[] };
                 const padded = Array.from({ length: front.padCount }, (_, i) => `${self}/authZ/padded-${i}`);
                 text = JSON.stringify({ ...order, authorizations: [...order.authorizations, ...padded] });
+              }
+              if (mode === 'foreignAuthz' && req.url?.startsWith('/authZ/') && answer.statusCode === 200) {
+                count();
+                const authz = JSON.parse(text) as { identifier: { type: string; value: string }; challenges: { status: string }[] };
+                text = JSON.stringify({
+                  ...authz,
+                  status: 'pending',
+                  identifier: { ...authz.identifier, value: front.foreignName },
+                  challenges: authz.challenges.map((c) => ({ ...c, status: 'pending' })),
+                });
               }
               if (deactivating(Buffer.concat(chunks))) {
                 let status: unknown;
