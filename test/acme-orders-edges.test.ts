@@ -494,3 +494,32 @@ describe('on-demand gate: a failed name ordered again while every order place is
       expect(state.state.certificates[failed]).toMatchObject({ keyId: 'k-new', failures: 0 });
     }));
 });
+
+describe('a failed on-demand entry a day old, ordered again while every order place is taken', () => {
+  it('is not forgotten by the pass while its order waits its turn: the order is placed when a place frees', () =>
+    withDir(async (state) => {
+      const failed = 'old.shop.example';
+      const dayAgo = new Date(Date.now() - 25 * 3_600_000).toISOString();
+      // Its last failure is more than a day old and its backoff over: the pass forgets such an entry, unless it is ordered.
+      state.state.certificates[failed] = {
+        domains: [failed],
+        keyId: '',
+        failures: 1,
+        onDemand: true,
+        notBefore: dayAgo,
+        lastError: { code: 'KEYEDGE_ERR_ACME', message: 'validation failed', at: dayAgo },
+      };
+      const { answer, release } = heldAnswer('k-new');
+      const { manager, orders } = recordingManager(state, { answer });
+      const busy = Array.from({ length: TEST_ACME.renewal.maxConcurrent }, (_, i) => manager.issue([`busy${i}.other.example`]).catch(() => undefined));
+      const gate = wiredGate(manager, { publicNamesOnly: false });
+      expect(await gate.wanted(failed, '192.0.2.1')).toBe('ordered');
+      // The maintenance pass runs while it waits. Before, it forgot the entry, and the waiting order was dropped at its turn.
+      await manager.tick();
+      expect(state.state.certificates[failed]).toBeDefined();
+      release();
+      await Promise.all(busy);
+      await waitUntil(() => orders.some((o) => o.name === failed) && !(manager.view(failed) as { renewing: boolean }).renewing);
+      expect(state.state.certificates[failed]).toMatchObject({ keyId: 'k-new', failures: 0 });
+    }));
+});

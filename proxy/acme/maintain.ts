@@ -346,7 +346,7 @@ export class CertificateManager {
       if (this.#left.length === 0) this.#left = Object.keys(certificates);
       for (const name of this.#ariRefused.keys()) if (certificates[name] === undefined) this.#ariRefused.delete(name);
       await this.#walk();
-      await forgetStaleFailures(this.#deps, this.#orders, now);
+      await forgetStaleFailures(this.#deps, { running: (name) => this.#inProgress(name) }, now);
       await deleteRetiredKeys(this.#deps, now);
     } finally {
       this.#ticking = false;
