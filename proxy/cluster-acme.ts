@@ -78,8 +78,14 @@ export function startAcmeService(
     records: () => source.records,
     // The store itself, not only what serves: an entry refused for now (not yet valid, its key unknown) is the operator's.
     stored: (name) => source.config.certificates.some((c) => c.name === name) || storeHas(source, name),
-    store: async (name, chainPem, keyId, domains, lock) => {
-      await source.putCertificate(name, chainPem, { keyId, names: domains, source: 'ACME', ...(lock === undefined ? {} : { lock }) });
+    store: async (name, chainPem, keyId, domains, lock, options) => {
+      await source.putCertificate(name, chainPem, {
+        keyId,
+        names: domains,
+        source: 'ACME',
+        ...(lock === undefined ? {} : { lock }),
+        ...(options?.newEntry === true ? { newEntry: true } : {}),
+      });
       const report = await coordinator.reload('admin', [name]);
       if (report.error !== undefined) throw new ChainStoredNotLoadedError(keyId, report.error.message);
     },

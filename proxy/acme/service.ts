@@ -47,7 +47,14 @@ export interface AcmeDeps {
   /** Whether the store or the config has an entry of that name, serving or refused (maintain.ts ManagerDeps.stored). */
   readonly stored?: (name: string) => boolean;
   /** Validates and stores the chain (fenced by `lock` in a fleet), then reloads every worker; rejects when refused or not applied. */
-  readonly store: (name: string, chainPem: string, keyId: string, domains: readonly string[], lock?: HeldLock) => Promise<void>;
+  readonly store: (
+    name: string,
+    chainPem: string,
+    keyId: string,
+    domains: readonly string[],
+    lock?: HeldLock,
+    options?: { readonly newEntry?: boolean },
+  ) => Promise<void>;
   /** See IssuerDeps. */
   readonly assertStorable?: (name: string) => void;
   /** Sends the board to every worker; resolves once each acknowledged it. */

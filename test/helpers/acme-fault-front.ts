@@ -15,7 +15,8 @@
  * window already past: each is due for renewal at once), `padAuthz` (a new
  * order's authorizations followed by `padCount` more of the front's own, each
  * request for one counted in `faults.padded`), `foreignAuthz` (every
- * authorization answered pending for `foreignName`, its challenges pending).
+ * authorization answered pending for `foreignName`, its challenges pending),
+ * `slowFinalize` (a finalize request held `slowMs` before it is relayed).
  * Pebble itself has no rate limits.
  * `openConnections()` counts the clients' connections open to the front.
  */
@@ -23,7 +24,19 @@ import { readFileSync } from 'node:fs';
 import https from 'node:https';
 import type { AddressInfo } from 'node:net';
 
-export type FaultMode = 'pass' | 'down' | 'slow' | 'badNonce' | 'rateLimited' | 'huge' | 'stuckPending' | 'reuseValid' | 'ariDue' | 'padAuthz' | 'foreignAuthz';
+export type FaultMode =
+  | 'pass'
+  | 'down'
+  | 'slow'
+  | 'badNonce'
+  | 'rateLimited'
+  | 'huge'
+  | 'stuckPending'
+  | 'reuseValid'
+  | 'ariDue'
+  | 'padAuthz'
+  | 'foreignAuthz'
+  | 'slowFinalize';
 
 export interface FaultFront {
   readonly directory: string;
@@ -181,7 +194,7 @@ export async function startFaultFront(pebbleDirectory: string, certFile: string,
         out.on('error', () => res.destroy());
         out.end(Buffer.concat(chunks));
       };
-      if (mode === 'slow') {
+      if (mode === 'slow' || (mode === 'slowFinalize' && req.url?.startsWith('/finalize-order/'))) {
         count();
         setTimeout(relay, front.slowMs);
       } else relay();
