@@ -41,12 +41,12 @@ import type { TokenKeys } from './token-keys.js';
 
 export interface ManagerDeps extends OrderDeps {
   readonly keys: TokenKeys;
-  /** RFC 9773 renewal window for a certID; undefined when the CA offers no ARI. */
   /**
    * Whether the certificate store (or the config's certificates) has an entry named `name`, serving or not (refused: not yet
    * valid, its key unknown, …); default: only what serves (`records`). Not ACME's to take on demand: its chain replaced it.
    */
   readonly stored?: (name: string) => boolean;
+  /** RFC 9773 renewal window for a certID; undefined when the CA offers no ARI. */
   readonly renewalWindow: (certId: string) => Promise<{ start: Date; end: Date; retryAfterMs: number | undefined } | undefined>;
 }
 
@@ -266,9 +266,9 @@ export class CertificateManager {
    * renewal loop's bound). Each such order went at once: a burst of names the ask policy allows (customers onboarding,
    * or a client cycling them) ran as many orders as the hourly limits let through, each with its `keyedge key generate`
    * child (a node process) and key-server connection, and on a small host their starts took the CPU from the workers'
-   * handshakes. Waiting, the entry is recorded and counted in progress (#queued, a failed one too), so its name is managed: its handshakes order nothing more. Rejects
-   * when the entry was ordered (issued, or failed: its backoff holds) or forgotten meanwhile (the operator's issue or
-   * renew, the loop, another node): nothing to order then.
+   * handshakes. Waiting, the entry is recorded and counted in progress (#queued, a failed one too), so its name is
+   * managed: its handshakes order nothing more. Rejects when the entry was ordered (issued, or failed: its backoff
+   * holds) or forgotten meanwhile (the operator's issue or renew, the loop, another node): nothing to order then.
    */
   async #inTurn(name: string, start: () => Promise<Issued>): Promise<Issued> {
     const asked = this.#deps.state.state.certificates[name];
