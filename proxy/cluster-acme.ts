@@ -76,8 +76,16 @@ export function startAcmeService(
     registry,
     keyserver: () => connectKeyserver(config),
     records: () => source.records,
-    store: async (name, chainPem, keyId, domains, lock) => {
-      await source.putCertificate(name, chainPem, { keyId, names: domains, source: 'ACME', ...(lock === undefined ? {} : { lock }) });
+    // The store itself, not only what serves: an entry refused for now (not yet valid, its key unknown) is the operator's.
+    stored: (name) => source.config.certificates.some((c) => c.name === name) || storeHas(source, name),
+    store: async (name, chainPem, keyId, domains, lock, options) => {
+      await source.putCertificate(name, chainPem, {
+        keyId,
+        names: domains,
+        source: 'ACME',
+        ...(lock === undefined ? {} : { lock }),
+        ...(options?.newEntry === true ? { newEntry: true } : {}),
+      });
       const report = await coordinator.reload('admin', [name]);
       if (report.error !== undefined) throw new ChainStoredNotLoadedError(keyId, report.error.message);
     },
@@ -86,4 +94,13 @@ export function startAcmeService(
     shared,
     publishWaitMs: CHALLENGE_PUBLISH_WAIT_MS,
   });
+}
+
+/** Whether the store has entry `name` now; a name the store could not hold has none. */
+function storeHas(source: ServingSource, name: string): boolean {
+  try {
+    return source.store.has(name);
+  } catch {
+    return false;
+  }
 }

@@ -437,7 +437,16 @@ describe('an order of an issuer in the test process, through a front of its own 
   });
 
   /** An issuer on the proxy's account through `own`: pebble reuses NAME's valid authorization, so no challenge is answered. */
-  function issuerHere(): { issuer: AcmeIssuer; stored: string[]; outcomes: string[]; generated: string[]; account: string; keyId: string; dir: string } {
+  function issuerHere(): {
+    issuer: AcmeIssuer;
+    stored: string[];
+    outcomes: string[];
+    generated: string[];
+    published: string[];
+    account: string;
+    keyId: string;
+    dir: string;
+  } {
     const proxyState = JSON.parse(readFileSync(join(acmeLab.lab.dir, 'state', 'acme', 'state.json'), 'utf8')) as IssuerState;
     const dir = tempDir('keyedge-acme-own-front-');
     const state = new StateFile(dir);
@@ -450,6 +459,7 @@ describe('an order of an issuer in the test process, through a front of its own 
     const stored: string[] = [];
     const outcomes: string[] = [];
     const generated: string[] = [];
+    const published: string[] = [];
     const log = createLogger('acme-own-front', 'info', {
       write: (line: string) => {
         const parsed = JSON.parse(line) as { msg?: string; order?: string };
@@ -467,12 +477,18 @@ describe('an order of an issuer in the test process, through a front of its own 
         remove: async () => undefined,
       },
       keyserver: () => KeyserverClient.connect({ unixPath: acmeLab.lab.socket }),
-      challenges: { add: () => Promise.reject(new Error('no challenge expected: pebble reuses the valid authorization')), remove: async () => undefined },
+      challenges: {
+        add: (entry) => {
+          published.push(entry.name);
+          return Promise.reject(new Error('no challenge expected: pebble reuses the valid authorization'));
+        },
+        remove: async () => undefined,
+      },
       store: async (name, chainPem) => void stored.push(`${name} ${chainPem === firstChain ? 'the first chain' : 'another chain'}`),
       log,
       onOrder: (result) => void outcomes.push(result),
     });
-    return { issuer, stored, outcomes, generated, account: proxyState.account!.keyId, keyId: proxyState.certificates[NAME]!.keyId, dir };
+    return { issuer, stored, outcomes, generated, published, account: proxyState.account!.keyId, keyId: proxyState.certificates[NAME]!.keyId, dir };
   }
 
   it('closes its connections to the CA when the order ends, stored or failed', async () => {
@@ -516,6 +532,43 @@ describe('an order of an issuer in the test process, through a front of its own 
       expect(here.stored).toEqual([`${NAME} the first chain`]);
       expect(here.outcomes).toEqual(['ok', 'failed', 'failed']);
       expect(own.faults.reuseValid).toBe(3);
+    } finally {
+      own.mode = 'pass';
+      removeDir(here.dir);
+    }
+  }, 60_000);
+
+  it('an order the CA answers with more authorizations than names ordered fails at once: none of the others is fetched or deactivated', async () => {
+    own.mode = 'padAuthz';
+    own.padCount = 50;
+    const here = issuerHere();
+    try {
+      // Before: each was fetched in turn (a key-server signature each) until one failed, then all the rest deactivated.
+      const failure = await here.issuer.issue({ name: NAME, domains: [NAME], keyId: here.keyId }).catch((e: unknown) => e as Error);
+      expect(failure).toBeInstanceOf(Error);
+      expect((failure as Error).message).toMatch(/has 51 authorizations for the 1 names ordered \(RFC 8555 §7\.1\.3\)/);
+      expect(own.faults.padded ?? 0).toBe(0);
+      expect(here.stored).toEqual([]);
+      expect(here.outcomes).toEqual(['failed']);
+    } finally {
+      own.mode = 'pass';
+      removeDir(here.dir);
+    }
+  }, 60_000);
+
+  it('an authorization the CA says is for a name not ordered: no challenge for it is published, the order fails naming it', async () => {
+    // Last here: the order's failure deactivates NAME's authorization at pebble (the one the front answered as foreign).
+    own.mode = 'foreignAuthz';
+    own.foreignName = 'victim.elsewhere.test';
+    const here = issuerHere();
+    try {
+      // Before: its HTTP-01 answer went on every worker's board for the CA's Host (a TLS-ALPN-01 certificate, signed with
+      // the order's key, for TLS-ALPN-01).
+      const failure = await here.issuer.issue({ name: NAME, domains: [NAME], keyId: here.keyId }).catch((e: unknown) => e as Error);
+      expect(failure).toBeInstanceOf(Error);
+      expect((failure as Error).message).toMatch(/is for dns victim\.elsewhere\.test, not a name ordered \(www\.fault\.test\)/);
+      expect(here.published).toEqual([]);
+      expect(here.stored).toEqual([]);
     } finally {
       own.mode = 'pass';
       removeDir(here.dir);

@@ -1,8 +1,9 @@
-import { existsSync, mkdirSync, readFileSync, renameSync, rmSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import tls from 'node:tls';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { sleep } from './helpers/basics.js';
+import { issueForPublicKey } from './helpers/pki.js';
 import { type AcmeLab, type Pebble, startAcmeLab } from './helpers/pebble.js';
 import { type ClusterProxy, waitFor } from './helpers/proxy-cluster.js';
 import type { KeylessLab } from './helpers/proxy-lab.js';
@@ -14,7 +15,8 @@ import type { KeylessLab } from './helpers/proxy-lab.js';
 // next handshake), under those limits: with maxOrdersPerDomainPerHour 1, one
 // order. And a handshake for a name that is the entry name of a certificate
 // of the store (not ACME's: uploaded by the operator) orders nothing: the
-// order's chain would have replaced that entry, and what it served. A state
+// order's chain would have replaced that entry, and what it served; nor does
+// one whose entry the store holds but refuses for now (not yet valid). A state
 // file that cannot be written (disk full) fails the order, never the primary.
 let lab: KeylessLab;
 let pebble: Pebble;
@@ -90,6 +92,31 @@ describe('on-demand orders that fail', () => {
     await sleep(6_000);
     expect(pebble.orders()).toBe(before);
     expect(await served('www.site.test')).toMatch(/www\.site\.test/);
+  }, 90_000);
+
+  it("a name that is the entry name of an operator's certificate the store refuses for now (not yet valid) orders nothing", async () => {
+    // A renewal tool wrote it ahead of its start: it is refused (not_yet_valid) until then, so nothing serves the name.
+    const leaf = await issueForPublicKey(lab.ca, lab.keys.ec.spki, {
+      commonName: 'soon.test',
+      dnsNames: ['soon.test'],
+      notBefore: new Date(Date.now() + 86_400_000),
+      notAfter: new Date(Date.now() + 30 * 86_400_000),
+    });
+    const pem = `${leaf.certPem}\n${lab.ca.certPem}`;
+    const file = join(proxy.storeDir, 'soon.test.pem');
+    writeFileSync(`${file}.tmp`, pem);
+    renameSync(`${file}.tmp`, file);
+    await waitFor('the entry to be refused', async () => {
+      const listed = JSON.parse((await proxy.admin('GET', '/certs')).text) as { refused: { name: string; reason: string }[] };
+      return listed.refused.find((c) => c.name === 'soon.test')?.reason === 'not_yet_valid' ? true : undefined;
+    });
+    await pebble.addA('soon.test', '127.0.0.1');
+    const before = pebble.orders();
+    expect(await handshake('soon.test')).toBe(false);
+    // An order would be at the CA and done within a few seconds; its chain replaced the operator's entry.
+    await sleep(6_000);
+    expect(pebble.orders()).toBe(before);
+    expect(readFileSync(file, 'utf8')).toBe(pem);
   }, 90_000);
 
   it('a state file that cannot be written: the on-demand order fails, the primary keeps running', async () => {

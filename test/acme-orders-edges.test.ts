@@ -419,3 +419,107 @@ describe('token-keys.ts: deleting a retired key', () => {
     30_000,
   );
 });
+
+describe('the renewal loop past renewal.maxConcurrent', () => {
+  it('starts the next due entry as an order ends, not a pass (checkSeconds) later; never more than maxConcurrent at once, each entry once', () =>
+    withDir(async (state) => {
+      // Ten entries due now (none serves yet); one of them is refused at once (before the CA is asked).
+      const names = Array.from({ length: 10 }, (_, i) => `n${i}.example.net`);
+      for (const name of names) state.state.certificates[name] = { domains: [name], keyId: '', failures: 0 };
+      let running = 0;
+      let most = 0;
+      const { manager, orders } = recordingManager(state, {
+        answer: async (request) => {
+          most = Math.max(most, ++running);
+          try {
+            if (request.name === 'n5.example.net') throw new Error('refused at once');
+            await new Promise((resolve) => setTimeout(resolve, 5));
+            return { keyId: `k-${request.name}`, chainPem: '', newKey: true };
+          } finally {
+            running--;
+          }
+        },
+      });
+      await manager.tick();
+      expect(orders).toHaveLength(TEST_ACME.renewal.maxConcurrent);
+      // One pass: the six left start as places free. Before, they waited for the next pass, an hour later at the defaults
+      // (some 96 renewals a day in all).
+      for (let i = 0; i < 500 && !(orders.length >= names.length && running === 0); i++) await new Promise((resolve) => setTimeout(resolve, 10));
+      await new Promise((resolve) => setTimeout(resolve, 50));
+      expect(orders.map((o) => o.name)).toEqual(names);
+      expect(most).toBe(TEST_ACME.renewal.maxConcurrent);
+      for (const name of names) expect(state.state.certificates[name]?.keyId, name).toBe(name === 'n5.example.net' ? '' : `k-${name}`);
+      expect(state.state.certificates['n5.example.net']?.failures).toBe(1);
+    }));
+});
+
+describe('on-demand gate: a failed name ordered again while every order place is taken', () => {
+  it('waiting its turn, it is in progress: its next handshakes order nothing, and its registered domain keeps its hour', () =>
+    withDir(async (state) => {
+      const failed = 'failed.shop.example';
+      const past = new Date(Date.now() - 1000).toISOString();
+      // Its first order failed (validation) and its backoff is over: its next handshake orders it again.
+      state.state.certificates[failed] = {
+        domains: [failed],
+        keyId: '',
+        failures: 1,
+        onDemand: true,
+        notBefore: past,
+        lastError: { code: 'KEYEDGE_ERR_ACME', message: 'validation failed', at: past },
+      };
+      const { answer, release } = heldAnswer('k-new');
+      const { manager, orders } = recordingManager(state, { answer });
+      // The operator's orders take every place (renewal.maxConcurrent): the gate's order waits its turn.
+      const busy = Array.from({ length: TEST_ACME.renewal.maxConcurrent }, (_, i) => manager.issue([`busy${i}.other.example`]).catch(() => undefined));
+      const outcomes: string[] = [];
+      const gate = wiredGate(
+        manager,
+        { maxOrdersPerDomainPerHour: 3, publicNamesOnly: false },
+        {
+          onOutcome: (outcome, reason) => outcomes.push(reason === undefined ? outcome : `${outcome}:${reason}`),
+        },
+      );
+      expect(await gate.wanted(failed, '192.0.2.1')).toBe('ordered');
+      // Each worker reports it again every 10 s while it waits: before, each report was ordered again (the domain's hour
+      // spent, then rate_limited), and the domain's other new names were rate-limited for the hour.
+      for (let i = 0; i < 5; i++) await gate.wanted(failed, `192.0.2.${i + 2}`);
+      expect(outcomes).toEqual(['ordered', ...Array(5).fill('ignored:managed')]);
+      expect(manager.isManaged(failed)).toBe(true);
+      expect(manager.backingOff(failed)).toBe(false);
+      expect(await gate.wanted('new.shop.example', '192.0.2.50')).toBe('ordered');
+      release();
+      await Promise.all(busy);
+      await waitUntil(() => orders.length === TEST_ACME.renewal.maxConcurrent + 2 && !(manager.view(failed) as { renewing: boolean }).renewing);
+      expect(orders.filter((o) => o.name === failed)).toHaveLength(1);
+      expect(state.state.certificates[failed]).toMatchObject({ keyId: 'k-new', failures: 0 });
+    }));
+});
+
+describe('a failed on-demand entry a day old, ordered again while every order place is taken', () => {
+  it('is not forgotten by the pass while its order waits its turn: the order is placed when a place frees', () =>
+    withDir(async (state) => {
+      const failed = 'old.shop.example';
+      const dayAgo = new Date(Date.now() - 25 * 3_600_000).toISOString();
+      // Its last failure is more than a day old and its backoff over: the pass forgets such an entry, unless it is ordered.
+      state.state.certificates[failed] = {
+        domains: [failed],
+        keyId: '',
+        failures: 1,
+        onDemand: true,
+        notBefore: dayAgo,
+        lastError: { code: 'KEYEDGE_ERR_ACME', message: 'validation failed', at: dayAgo },
+      };
+      const { answer, release } = heldAnswer('k-new');
+      const { manager, orders } = recordingManager(state, { answer });
+      const busy = Array.from({ length: TEST_ACME.renewal.maxConcurrent }, (_, i) => manager.issue([`busy${i}.other.example`]).catch(() => undefined));
+      const gate = wiredGate(manager, { publicNamesOnly: false });
+      expect(await gate.wanted(failed, '192.0.2.1')).toBe('ordered');
+      // The maintenance pass runs while it waits. Before, it forgot the entry, and the waiting order was dropped at its turn.
+      await manager.tick();
+      expect(state.state.certificates[failed]).toBeDefined();
+      release();
+      await Promise.all(busy);
+      await waitUntil(() => orders.some((o) => o.name === failed) && !(manager.view(failed) as { renewing: boolean }).renewing);
+      expect(state.state.certificates[failed]).toMatchObject({ keyId: 'k-new', failures: 0 });
+    }));
+});

@@ -4,7 +4,7 @@ import type { AddressInfo } from 'node:net';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { ecdsaRawToDer } from '../keyserver/token/ecdsa-der.js';
 import { AcmeClient, parseRetryAfter } from '../proxy/acme/client.js';
 import { AcmeError } from '../proxy/acme/errors.js';
@@ -139,7 +139,7 @@ describe('ARI (RFC 9773) against a fake renewal-info endpoint', () => {
 
     // The CA moves the window into the past (as for a revocation): the next look renews at once, with `replaces`.
     window = { start: new Date(Date.now() - 2 * DAY).toISOString(), end: new Date(Date.now() - DAY).toISOString() };
-    state.state.certificates['ari.example']!.ari!.checkedAt = new Date(0).toISOString();
+    Object.assign(state.state.certificates['ari.example']!.ari!, { checkedAt: new Date(0).toISOString(), recheckAt: new Date(0).toISOString() });
     await manager.tick();
     await new Promise((resolve) => setTimeout(resolve, 100));
     expect(orders).toEqual([{ name: 'ari.example', domains: ['ari.example'], replaces: times.certId }]);
@@ -422,6 +422,191 @@ describe('names the on-demand gate takes as managed', () => {
       expect(manager.isManaged('c.example')).toBe(true);
     } finally {
       rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
+
+describe('ARI windows a CA should not have given (RFC 9773): held to the lifetime', () => {
+  /** A managed entry whose certificate was issued `ageDays` ago for 90 days, and a manager whose CA answers `window()`. */
+  async function managed(ageDays: number, window: () => { start: Date; end: Date; retryAfterMs: number | undefined }) {
+    const dir = mkdtempSync(join(tmpdir(), 'keyedge-ari-clamp-'));
+    const ca = await createCa('ARI clamp CA');
+    const leaf = await issue(ca, {
+      commonName: 'clamp.example',
+      dnsNames: ['clamp.example'],
+      keyAlgorithm: 'ec-p256',
+      notBefore: new Date(Date.now() - ageDays * DAY),
+      notAfter: new Date(Date.now() + (90 - ageDays) * DAY),
+    });
+    const record = { name: 'clamp.example', chainPem: leaf.certPem, keyId: 'k1' } as unknown as CertificateRecord;
+    const state = new StateFile(dir);
+    state.state.certificates['clamp.example'] = { domains: ['clamp.example'], keyId: 'k1', failures: 0 };
+    let lookups = 0;
+    const { manager, orders } = recordingManager(state, {
+      answer: async () => ({ keyId: 'k2', chainPem: leaf.certPem, newKey: true }),
+      records: new Map([['clamp.example', record]]),
+      renewalWindow: async () => {
+        lookups++;
+        return window();
+      },
+    });
+    const byLifetime = renewalTime('clamp.example', leafTimes(leaf.certPem), acme.renewal);
+    const renewAt = (): number => Date.parse((manager.view('clamp.example') as { renewAt: string }).renewAt);
+    return { manager, orders, byLifetime, renewAt, lookups: () => lookups, done: () => rmSync(dir, { recursive: true, force: true }) };
+  }
+  const settle = (): Promise<unknown> => new Promise((resolve) => setTimeout(resolve, 100));
+
+  it('a window past the expiry of a certificate due by its lifetime: renewed now, not after it expired', async () => {
+    const m = await managed(80, () => ({ start: new Date(Date.now() + 365 * DAY), end: new Date(Date.now() + 366 * DAY), retryAfterMs: undefined }));
+    try {
+      await m.manager.tick();
+      await settle();
+      expect(m.orders.map((o) => o.name)).toEqual(['clamp.example']);
+    } finally {
+      m.done();
+    }
+  });
+
+  it('a window starting after notAfter for a new certificate: renewed at once; one past the lifetime time: at the lifetime time', async () => {
+    const after = await managed(1, () => ({ start: new Date(Date.now() + 100 * DAY), end: new Date(Date.now() + 101 * DAY), retryAfterMs: undefined }));
+    const late = await managed(1, () => ({ start: new Date(Date.now() + 85 * DAY), end: new Date(Date.now() + 86 * DAY), retryAfterMs: undefined }));
+    try {
+      await after.manager.tick();
+      await late.manager.tick();
+      await settle();
+      expect(after.orders.map((o) => o.name)).toEqual(['clamp.example']);
+      expect(late.orders).toHaveLength(0);
+      expect(late.renewAt()).toBe(Math.floor(late.byLifetime));
+    } finally {
+      after.done();
+      late.done();
+    }
+  });
+
+  it("the renewal info is asked again after the CA's Retry-After (held to an hour .. a day), not always 6 hours later", async () => {
+    const window = { start: new Date(Date.now() + 30 * DAY), end: new Date(Date.now() + 31 * DAY) };
+    const soon = await managed(1, () => ({ ...window, retryAfterMs: 2 * 3_600_000 }));
+    const later = await managed(1, () => ({ ...window, retryAfterMs: 20 * 3_600_000 }));
+    vi.useFakeTimers({ toFake: ['Date'] });
+    try {
+      await soon.manager.tick();
+      await later.manager.tick();
+      expect([soon.lookups(), later.lookups()]).toEqual([1, 1]);
+      vi.setSystemTime(Date.now() + 3 * 3_600_000);
+      await soon.manager.tick();
+      await later.manager.tick();
+      vi.setSystemTime(Date.now() + 4 * 3_600_000);
+      await later.manager.tick();
+      // Three hours on, the one told two hours is asked again; seven hours on, the one told twenty is not yet.
+      expect([soon.lookups(), later.lookups()]).toEqual([2, 1]);
+    } finally {
+      vi.useRealTimers();
+      soon.done();
+      later.done();
+    }
+  });
+});
+
+describe("a CA's error answer that is not a problem document (RFC 8555 §6.7)", () => {
+  it.each([
+    ['a body that is null', 'null', undefined],
+    ['a type that is not a string', '{"type":5,"detail":{"a":1}}', undefined],
+    ['an array', '[1,2]', undefined],
+    ['a problem document', '{"type":"urn:ietf:params:acme:error:rateLimited","detail":"too many"}', 'rateLimited'],
+  ])('%s: an ACME error with its status and Retry-After, not a TypeError', async (_what, body, problem) => {
+    const server = http.createServer((_req, res) => {
+      res.writeHead(429, { 'retry-after': '3600', 'content-type': 'application/problem+json' }).end(body);
+    });
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    const client = new AcmeClient({
+      directoryUrl: `http://127.0.0.1:${(server.address() as AddressInfo).port}/dir`,
+      signer: { jwk: { crv: 'P-256', kty: 'EC', x: '', y: '' }, sign: async () => Buffer.alloc(0) },
+      timeoutMs: 5_000,
+    });
+    try {
+      const failure = await client.directory().then(
+        () => undefined,
+        (err: unknown) => err,
+      );
+      // Without the status and Retry-After, a 429 asking for an hour was retried after retryMinSeconds (a minute).
+      expect(failure).toBeInstanceOf(AcmeError);
+      expect(failure).toMatchObject({ status: 429, retryAfterMs: 3_600_000, problem });
+      expect((failure as Error).message).toMatch(/: 429\b/);
+    } finally {
+      client.close();
+      await new Promise((resolve) => server.close(resolve));
+    }
+  });
+
+  it('a Retry-After too long for a number is capped at a day, not taken as absent', () => {
+    expect(parseRetryAfter('9'.repeat(400))).toBe(86_400_000);
+    expect(parseRetryAfter(' 172800 ')).toBe(86_400_000);
+    expect(parseRetryAfter('-5')).toBe(0);
+  });
+});
+
+describe('renewal info that fails (RFC 9773): the lifetime rule holds, and the pass is not held', () => {
+  /** `count` managed entries, each serving a certificate issued a day ago for 90 days, whose renewal info `lookup` answers. */
+  async function managedMany(count: number, lookup: () => Promise<never>) {
+    const dir = mkdtempSync(join(tmpdir(), 'keyedge-ari-fail-'));
+    const ca = await createCa('ARI failing CA');
+    const state = new StateFile(dir);
+    const records = new Map<string, CertificateRecord>();
+    for (let i = 0; i < count; i++) {
+      const name = `f${i}.example`;
+      const leaf = await issue(ca, {
+        commonName: name,
+        dnsNames: [name],
+        keyAlgorithm: 'ec-p256',
+        notBefore: new Date(Date.now() - DAY),
+        notAfter: new Date(Date.now() + 89 * DAY),
+      });
+      records.set(name, { name, chainPem: leaf.certPem, keyId: `k${i}` } as unknown as CertificateRecord);
+      state.state.certificates[name] = { domains: [name], keyId: `k${i}`, failures: 0 };
+    }
+    let lookups = 0;
+    const { manager, orders } = recordingManager(state, {
+      answer: async () => ({ keyId: 'k-new', chainPem: '', newKey: true }),
+      records,
+      renewalWindow: () => {
+        lookups++;
+        return lookup();
+      },
+    });
+    return { manager, orders, lookups: () => lookups, done: () => rmSync(dir, { recursive: true, force: true }) };
+  }
+
+  it('an endpoint that does not answer in time is asked once, not once per certificate at every pass, and again an hour on', async () => {
+    const m = await managedMany(5, async () => {
+      throw new AcmeError('GET https://ca.example/renewal-info/x: no answer in time', {});
+    });
+    vi.useFakeTimers({ toFake: ['Date'] });
+    try {
+      // Each lookup was two requests of up to timeoutMs: the pass took 2 × timeoutMs per certificate, every pass.
+      await m.manager.tick();
+      await m.manager.tick();
+      expect(m.lookups()).toBe(1);
+      vi.setSystemTime(Date.now() + 2 * 3_600_000);
+      await m.manager.tick();
+      expect(m.lookups()).toBe(2);
+      expect(m.orders).toHaveLength(0);
+    } finally {
+      vi.useRealTimers();
+      m.done();
+    }
+  });
+
+  it('a certificate the CA answers 404 for is not asked about again at the next pass; the others still are', async () => {
+    const m = await managedMany(3, async () => {
+      throw new AcmeError('GET https://ca.example/renewal-info/x: 404', { status: 404 });
+    });
+    try {
+      await m.manager.tick();
+      expect(m.lookups()).toBe(3);
+      await m.manager.tick();
+      expect(m.lookups()).toBe(3);
+    } finally {
+      m.done();
     }
   });
 });

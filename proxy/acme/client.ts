@@ -172,7 +172,8 @@ export class AcmeClient {
     const start = new Date(window?.start ?? Number.NaN);
     const end = new Date(window?.end ?? Number.NaN);
     if (Number.isNaN(start.getTime()) || Number.isNaN(end.getTime()) || end < start)
-      throw new AcmeError('renewalInfo answered without a valid suggestedWindow', {});
+      // An answer about this certificate (its status: 2xx), not the endpoint's failure (maintain.ts).
+      throw new AcmeError('renewalInfo answered without a valid suggestedWindow', { status: 200 });
     return { start, end, retryAfterMs: answer.retryAfterMs };
   }
 
@@ -225,14 +226,18 @@ export class AcmeClient {
     const retryAfterMs = parseRetryAfter(response.headers.get('retry-after'));
     const text = method === 'HEAD' ? '' : await readCapped(response, request);
     if (response.status >= 400) {
-      let problem: { type?: string; detail?: string } = {};
+      let parsed: unknown;
       try {
-        problem = JSON.parse(text) as typeof problem;
+        parsed = JSON.parse(text);
       } catch {
         // Not a problem document (§6.7): the status says enough.
       }
-      const type = problem.type?.replace('urn:ietf:params:acme:error:', '');
-      throw new AcmeError(`${request}: ${response.status} ${type ?? ''} ${problem.detail ?? ''}`.trim(), {
+      // Only a JSON object's string fields are a problem's: a body of `null` or a `type` of 5 threw a TypeError here, and
+      // the error lost its status, problem and Retry-After (a 429 asking for an hour was retried after a minute).
+      const problem = typeof parsed === 'object' && parsed !== null ? (parsed as Record<string, unknown>) : {};
+      const type = typeof problem.type === 'string' ? problem.type.replace('urn:ietf:params:acme:error:', '') : undefined;
+      const detail = typeof problem.detail === 'string' ? problem.detail : '';
+      throw new AcmeError(`${request}: ${response.status} ${type ?? ''} ${detail}`.trim(), {
         status: response.status,
         ...(type === undefined ? {} : { problem: type }),
         ...(retryAfterMs === undefined ? {} : { retryAfterMs }),
@@ -278,6 +283,11 @@ async function readCapped(response: Awaited<ReturnType<typeof fetch>>, what: str
 /** Retry-After (RFC 9110 §10.2.3): seconds or an HTTP date; capped at a day. */
 export function parseRetryAfter(value: string | null): number | undefined {
   if (value === null) return undefined;
-  const ms = /^\d+$/.test(value.trim()) ? Number(value.trim()) * 1000 : Date.parse(value) - Date.now();
-  return Number.isFinite(ms) ? Math.min(Math.max(ms, 0), 86_400_000) : undefined;
+  // Seconds past what a number holds (more than 308 digits: Infinity) are capped too, not taken as no Retry-After.
+  if (/^\d+$/.test(value.trim())) return Math.min(Number(value.trim()) * 1000, RETRY_AFTER_CAP_MS);
+  const ms = Date.parse(value) - Date.now();
+  return Number.isFinite(ms) ? Math.min(Math.max(ms, 0), RETRY_AFTER_CAP_MS) : undefined;
 }
+
+/** A CA's Retry-After is followed for a day at the most. */
+const RETRY_AFTER_CAP_MS = 86_400_000;

@@ -6,7 +6,8 @@
  * A failed on-demand entry is kept only to show why (GET /certs): once its
  * last failure is FAILED_ON_DEMAND_KEPT_MS old and its backoff over, a pass
  * forgets it, unless a certificate serves it or an order for it runs or
- * starts meanwhile (in a fleet: under its issuance lock, not waited for).
+ * starts or waits its turn meanwhile (in a fleet: under its issuance lock, not
+ * waited for).
  * Without that, every name a client could make the gate order stayed in the
  * state (memory, the state file or etcd) for ever; now at most a day of
  * on-demand orders (24 × the hourly limit) is kept. A handshake for it later
@@ -45,8 +46,14 @@ export interface HousekeepingDeps {
   readonly locks?: IssuanceLocks;
 }
 
+/**
+ * Whether an order for an entry runs, or an on-demand one waits its turn for a place (maintain.ts #inTurn): forgotten while
+ * it waited, its order was dropped when its turn came.
+ */
+export type InProgress = Pick<OrderRunner, 'running'>;
+
 /** Whether `name` is a failed on-demand entry to forget: nothing serves it, no order runs, its last failure old, its backoff over. */
-function stale(deps: HousekeepingDeps, orders: OrderRunner, name: string, managed: ManagedState, now: number): boolean {
+function stale(deps: HousekeepingDeps, orders: InProgress, name: string, managed: ManagedState, now: number): boolean {
   if (!waitsForTheGate(managed) || managed.keyId !== '' || orders.running(name) || deps.records().has(name)) return false;
   const failedAt = Date.parse(managed.lastError?.at ?? managed.notBefore ?? '');
   const notBefore = managed.notBefore === undefined ? 0 : Date.parse(managed.notBefore);
@@ -54,7 +61,7 @@ function stale(deps: HousekeepingDeps, orders: OrderRunner, name: string, manage
 }
 
 /** Forgets the failed on-demand entries past FAILED_ON_DEMAND_KEPT_MS; in a fleet each under its issuance lock, skipped while another node holds it. */
-export async function forgetStaleFailures(deps: HousekeepingDeps, orders: OrderRunner, now: number): Promise<void> {
+export async function forgetStaleFailures(deps: HousekeepingDeps, orders: InProgress, now: number): Promise<void> {
   const { state, log, locks } = deps;
   const names = Object.entries(state.state.certificates)
     .filter(([name, managed]) => stale(deps, orders, name, managed, now))

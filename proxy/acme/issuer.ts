@@ -77,8 +77,18 @@ export interface IssuerDeps {
   /** A fresh connection to the key server (closed by the issuer). */
   readonly keyserver: () => Promise<KeyserverClient>;
   readonly challenges: ChallengePublisher;
-  /** Validates and swaps in the chain for store entry `name`, pinned to `keyId`, fenced by `lock` in a fleet; rejects (store unchanged) when refused. */
-  readonly store: (name: string, chainPem: string, keyId: string, domains: readonly string[], lock?: HeldLock) => Promise<void>;
+  /**
+   * Validates and swaps in the chain for store entry `name`, pinned to `keyId`, fenced by `lock` in a fleet; rejects (store
+   * unchanged) when refused. `newEntry`: written only as a new entry, refused when the store has one of that name.
+   */
+  readonly store: (
+    name: string,
+    chainPem: string,
+    keyId: string,
+    domains: readonly string[],
+    lock?: HeldLock,
+    options?: { readonly newEntry?: boolean },
+  ) => Promise<void>;
   /**
    * Throws when `store` would refuse entry `name` whatever its chain (another tool's link, KEYEDGE_ERR_CERT_LINKED):
    * asked before a key is made or an order placed, so a renewal the store cannot take spends none of the CA's limits.
@@ -100,6 +110,11 @@ export interface IssueRequest {
   readonly keyId?: string | undefined;
   /** The fleet's issuance lock for this name, held by the caller: the chain is written only while it is. */
   readonly lock?: HeldLock | undefined;
+  /**
+   * An on-demand entry's first certificate: stored only as a new store entry. The gate and issue() look for an entry of
+   * that name before the order, but the operator (or a renewal tool) may write one while it runs: its chain replaced it.
+   */
+  readonly newEntry?: boolean | undefined;
 }
 
 export interface Issued {
@@ -148,7 +163,7 @@ export class AcmeIssuer {
       // The name's lock lost meanwhile (its lease ended): another node may be ordering it; its result is the one to keep.
       request.lock?.lost.throwIfAborted();
       storing = true;
-      await this.#deps.store(request.name, chainPem, keyId, request.domains, request.lock);
+      await this.#deps.store(request.name, chainPem, keyId, request.domains, request.lock, request.newEntry === true ? { newEntry: true } : undefined);
       this.#deps.onOrder?.('ok');
       return { keyId, chainPem, newKey: made !== undefined };
     } catch (err) {
@@ -233,6 +248,16 @@ export class AcmeIssuer {
       ...(config.profile === null ? {} : { profile: config.profile }),
     });
     log.info({ certificate: request.name, domains: request.domains, order: url }, 'ACME order created');
+    // RFC 8555 §7.1.3: an authorization per identifier ordered. More is no order for these names: a CA's list of thousands
+    // was fetched one by one (each a signature of the key server) and, the order failed, all deactivated at once.
+    if (order.authorizations.length > request.domains.length) {
+      throw new AcmeError(
+        `the CA's order ${url} has ${order.authorizations.length} authorizations for the ${request.domains.length} names ordered (RFC 8555 §7.1.3): not an order for them`,
+        {},
+      );
+    }
+    /** The identifiers ordered, as an authorization names them (RFC 8555 §7.1.4: a wildcard's without `*.`, `wildcard` true). */
+    const ordered = new Set(request.domains.map((d) => d.toLowerCase()));
     const published: string[] = [];
     // The certificate key signs the CSR and, for TLS-ALPN-01, the challenge certificates: no other key is made.
     const signer: CsrSigner = async (hash, digest) => {
@@ -246,6 +271,15 @@ export class AcmeIssuer {
     try {
       for (const authzUrl of order.authorizations) {
         const authz = (await acme.authorization(authzUrl)).body;
+        // Only a name ordered: for another, its challenge went on every worker's board (an HTTP-01 answer for the CA's Host,
+        // a TLS-ALPN-01 certificate signed with this order's key) at a buggy or hostile CA's word.
+        const identifier = `${authz.wildcard === true ? '*.' : ''}${authz.identifier.value.toLowerCase()}`;
+        if (authz.identifier.type !== 'dns' || !ordered.has(identifier)) {
+          throw new AcmeError(
+            `the CA's authorization ${authzUrl} is for ${authz.identifier.type} ${authz.identifier.value}, not a name ordered (${request.domains.join(', ')}): no challenge answered for it`,
+            {},
+          );
+        }
         if (authz.status === 'valid') {
           settled.add(authzUrl);
           continue;

@@ -152,6 +152,7 @@ export class OrderRunner {
     const previousKey = record?.keyId;
     const certId = record === undefined ? undefined : leafTimes(record.chainPem).certId;
     log.info({ certificate: name, domains, renewal: record !== undefined }, 'ACME issuance started');
+    const newEntry = managed.onDemand === true && managed.lastIssuedAt === undefined && record === undefined;
     try {
       const issued = await issuer.issue({
         name,
@@ -160,6 +161,8 @@ export class OrderRunner {
         ...(certId !== undefined && managed.ari !== undefined ? { replaces: certId } : {}),
         ...(!config.renewal.newKey && previousKey !== undefined ? { keyId: previousKey } : {}),
         ...(lock === undefined ? {} : { lock }),
+        // Never over a store entry of that name written while it ran (the operator's, a renewal tool's): see IssueRequest.
+        ...(newEntry ? { newEntry: true } : {}),
       });
       this.#recordServing(managed, domains, issued.keyId, previousKey);
       Object.assign(managed, { failures: 0, notBefore: undefined, lastError: undefined });
@@ -170,6 +173,19 @@ export class OrderRunner {
       log.info({ certificate: name, keyId: issued.keyId }, 'ACME certificate issued and serving');
       return issued;
     } catch (err) {
+      if (newEntry && err instanceof KeyedgeError && err.code === 'KEYEDGE_ERR_CERT_EXISTS') {
+        // The store has an entry of that name now, written while the order ran: the operator's. Kept, this failed on-demand
+        // entry would have renewed it (its certificate serving the name) at two thirds of its lifetime, over it.
+        log.warn(
+          { certificate: name, reason: (err as Error).message },
+          'ACME on-demand certificate not stored: an entry of that name was written to the store while it was ordered; the name is not managed',
+        );
+        await Promise.resolve()
+          .then(() => state.forget([name], lock))
+          .catch((e: unknown) => log.warn({ certificate: name, reason: (e as Error).message }, 'ACME state not saved'));
+        metrics.renewals.inc({ result: 'failed', problem: 'other' });
+        throw err;
+      }
       // Stored, then not loaded by every worker (the store step says so): the store's entry is this order's certificate, its
       // names and key are the entry's; the workers that did not load it are replaced, or load it at the next reload.
       const storedHere = err instanceof ChainStoredNotLoadedError;

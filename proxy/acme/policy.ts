@@ -8,7 +8,9 @@
  *   together do not renew together.
  * - When the CA offers ARI (RFC 9773), its suggested window wins: a time
  *   chosen uniformly at random inside it (§4.2), renewing at once if that is
- *   already past.
+ *   already past; but never later than the lifetime's time, and at once when
+ *   the window starts at or after the certificate's notAfter (a CA's bug, or a
+ *   hostile one: followed, nothing was ordered until the certificate expired).
  * - After a failure: retryMin × 2^(failures−1) capped at retryMax, plus up to
  *   `jitter` of it at random (so retries of many certificates spread out),
  *   and never sooner than the CA's Retry-After (RFC 8555 §6.6).
@@ -49,6 +51,21 @@ export function renewalTime(name: string, leaf: Pick<LeafTimes, 'notBefore' | 'n
 /** A time inside an ARI suggested window, uniformly at random (RFC 9773 §4.2). */
 export function ariTime(window: { start: Date; end: Date }, random: () => number = Math.random): number {
   return window.start.getTime() + (window.end.getTime() - window.start.getTime()) * random();
+}
+
+/**
+ * When to renew by the CA's ARI window (ariTime), `byLifetime` (renewalTime) at the latest: the window only moves the renewal
+ * earlier. A window starting at or after `notAfter` is not one for this certificate: renewed at once (`now`).
+ */
+export function ariRenewalTime(
+  window: { start: Date; end: Date },
+  leaf: Pick<LeafTimes, 'notAfter'>,
+  byLifetime: number,
+  now: number,
+  random: () => number = Math.random,
+): number {
+  if (window.start.getTime() >= leaf.notAfter) return now;
+  return Math.min(ariTime(window, random), byLifetime);
 }
 
 /** How long to wait after the `failures`-th consecutive failure. */

@@ -44,8 +44,17 @@ export interface AcmeDeps {
   readonly registry: Registry;
   readonly keyserver: () => Promise<KeyserverClient>;
   readonly records: () => ReadonlyMap<string, CertificateRecord>;
+  /** Whether the store or the config has an entry of that name, serving or refused (maintain.ts ManagerDeps.stored). */
+  readonly stored?: (name: string) => boolean;
   /** Validates and stores the chain (fenced by `lock` in a fleet), then reloads every worker; rejects when refused or not applied. */
-  readonly store: (name: string, chainPem: string, keyId: string, domains: readonly string[], lock?: HeldLock) => Promise<void>;
+  readonly store: (
+    name: string,
+    chainPem: string,
+    keyId: string,
+    domains: readonly string[],
+    lock?: HeldLock,
+    options?: { readonly newEntry?: boolean },
+  ) => Promise<void>;
   /** See IssuerDeps. */
   readonly assertStorable?: (name: string) => void;
   /** Sends the board to every worker; resolves once each acknowledged it. */
@@ -103,6 +112,7 @@ export function startAcme(deps: AcmeDeps): RunningAcme {
     issuer,
     keys,
     records: deps.records,
+    ...(deps.stored === undefined ? {} : { stored: deps.stored }),
     metrics,
     log,
     ...locks,
@@ -125,8 +135,9 @@ export function startAcme(deps: AcmeDeps): RunningAcme {
       : new OnDemandGate({
           config: acme.onDemand,
           log,
-          // A certificate already named so (uploaded, or the config file's) is not ACME's to take: the order's chain replaced it.
-          isManaged: (name) => running.isManaged(name) || deps.records().has(running.entryOf([name])),
+          // A certificate already named so (uploaded, or the config file's), serving or refused for now, is not ACME's to take:
+          // the order's chain replaced it.
+          isManaged: (name) => running.isManaged(name) || running.inStore(name),
           backingOff: (name) => running.backingOff(name),
           order: (name) => void running.issue([name], undefined, true).catch(() => undefined),
           onOutcome: (outcome, reason) => metrics.onDemand.inc(reason === undefined ? { outcome } : { outcome, reason }),

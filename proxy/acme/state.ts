@@ -30,8 +30,11 @@ export interface ManagedState {
   lastIssuedAt?: string | undefined;
   /** Made by an on-demand handshake: until its first certificate, a failed order is retried only through the on-demand gate. */
   onDemand?: true | undefined;
-  /** The renewal time chosen inside the CA's ARI window (RFC 9773 §4.2), with the window's certificate serial. */
-  ari?: { serial: string; at: string; checkedAt: string } | undefined;
+  /**
+   * The renewal time chosen inside the CA's ARI window (RFC 9773 §4.2), with the window's certificate serial, when it was
+   * asked and when to ask again (the answer's Retry-After, §4.3; absent: ARI_RECHECK_MS after checkedAt, maintain.ts).
+   */
+  ari?: { serial: string; at: string; checkedAt: string; recheckAt?: string | undefined } | undefined;
 }
 
 /** An on-demand entry whose first order failed: only its next handshake, through the on-demand gate and its limits, orders it again. */

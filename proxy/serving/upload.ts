@@ -20,7 +20,14 @@ import { servesFromStore } from './prepare.js';
 import type { CertificateRecord } from './spec.js';
 
 /** What an upload pins instead of the entry's current names and key id, where it came from, and the issuance lock it holds. */
-export type UploadPin = { readonly keyId?: string; readonly names?: readonly string[]; readonly source?: string; readonly lock?: HeldLock };
+export type UploadPin = {
+  readonly keyId?: string;
+  readonly names?: readonly string[];
+  readonly source?: string;
+  readonly lock?: HeldLock;
+  /** Only as a new entry: refused (KEYEDGE_ERR_CERT_EXISTS) when the store has one of that name (an on-demand certificate's first). */
+  readonly newEntry?: boolean;
+};
 
 /** What serves now, as the serving source knows it: the upload is judged and written against it. */
 export interface UploadContext {
@@ -55,7 +62,7 @@ export async function uploadCertificate(context: UploadContext, name: string, ch
     await putCertificate(
       store,
       {
-        mode: store.has(name) ? 'replace' : 'add',
+        mode: pin.newEntry === true || !store.has(name) ? 'add' : 'replace',
         name,
         chainText,
         source: pin.source ?? 'admin API',

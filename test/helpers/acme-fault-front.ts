@@ -12,15 +12,31 @@
  * the order at `reusePath` as last seen, as a CA reusing an existing valid
  * order does, RFC 8555 §7.4), `ariDue` (the directory lists a renewalInfo
  * URL, RFC 9773, which pebble 2.4 has not, answering every certificate a
- * window already past: each is due for renewal at once). Pebble itself has
- * no rate limits.
+ * window already past: each is due for renewal at once), `padAuthz` (a new
+ * order's authorizations followed by `padCount` more of the front's own, each
+ * request for one counted in `faults.padded`), `foreignAuthz` (every
+ * authorization answered pending for `foreignName`, its challenges pending),
+ * `slowFinalize` (a finalize request held `slowMs` before it is relayed).
+ * Pebble itself has no rate limits.
  * `openConnections()` counts the clients' connections open to the front.
  */
 import { readFileSync } from 'node:fs';
 import https from 'node:https';
 import type { AddressInfo } from 'node:net';
 
-export type FaultMode = 'pass' | 'down' | 'slow' | 'badNonce' | 'rateLimited' | 'huge' | 'stuckPending' | 'reuseValid' | 'ariDue';
+export type FaultMode =
+  | 'pass'
+  | 'down'
+  | 'slow'
+  | 'badNonce'
+  | 'rateLimited'
+  | 'huge'
+  | 'stuckPending'
+  | 'reuseValid'
+  | 'ariDue'
+  | 'padAuthz'
+  | 'foreignAuthz'
+  | 'slowFinalize';
 
 export interface FaultFront {
   readonly directory: string;
@@ -37,6 +53,10 @@ export interface FaultFront {
    * `200 deactivated`, or a problem's status and type (`400 badNonce`, which the client tries again).
    */
   readonly deactivations: { readonly path: string; readonly answer: string }[];
+  /** For `padAuthz`: how many authorizations of the front's own a new order gets after its own. */
+  padCount: number;
+  /** For `foreignAuthz`: the name every authorization is said to be for. */
+  foreignName: string;
   /** For `reuseValid`: the path of an order (`/my-order/…`) the front has relayed. */
   reusePath: string;
   /** Each order's last answer relayed, by its path. */
@@ -61,6 +81,8 @@ export async function startFaultFront(pebbleDirectory: string, certFile: string,
     faults: {},
     deactivations: [],
     reusePath: '',
+    padCount: 0,
+    foreignName: '',
     orders: new Map(),
     openConnections: () => new Promise((resolve, reject) => server.getConnections((err, n) => (err ? reject(err) : resolve(n)))),
     close: () => new Promise((resolve) => server.close(() => resolve())),
@@ -75,6 +97,7 @@ export async function startFaultFront(pebbleDirectory: string, certFile: string,
     req.on('end', () => {
       const mode = front.mode;
       const count = (): void => void (front.faults[mode] = (front.faults[mode] ?? 0) + 1);
+      if (req.url?.includes('/authZ/padded-')) front.faults.padded = (front.faults.padded ?? 0) + 1;
       if (mode === 'down') {
         count();
         req.socket.destroy();
@@ -137,6 +160,22 @@ export async function startFaultFront(pebbleDirectory: string, certFile: string,
                 text = front.orders.get(front.reusePath) ?? '';
                 headers.location = `${self}${front.reusePath}`;
               }
+              if (mode === 'padAuthz' && req.url?.includes('order-plz') && answer.statusCode === 201) {
+                count();
+                const order = JSON.parse(text) as { authorizations: string[] };
+                const padded = Array.from({ length: front.padCount }, (_, i) => `${self}/authZ/padded-${i}`);
+                text = JSON.stringify({ ...order, authorizations: [...order.authorizations, ...padded] });
+              }
+              if (mode === 'foreignAuthz' && req.url?.startsWith('/authZ/') && answer.statusCode === 200) {
+                count();
+                const authz = JSON.parse(text) as { identifier: { type: string; value: string }; challenges: { status: string }[] };
+                text = JSON.stringify({
+                  ...authz,
+                  status: 'pending',
+                  identifier: { ...authz.identifier, value: front.foreignName },
+                  challenges: authz.challenges.map((c) => ({ ...c, status: 'pending' })),
+                });
+              }
               if (deactivating(Buffer.concat(chunks))) {
                 let status: unknown;
                 try {
@@ -155,7 +194,7 @@ export async function startFaultFront(pebbleDirectory: string, certFile: string,
         out.on('error', () => res.destroy());
         out.end(Buffer.concat(chunks));
       };
-      if (mode === 'slow') {
+      if (mode === 'slow' || (mode === 'slowFinalize' && req.url?.startsWith('/finalize-order/'))) {
         count();
         setTimeout(relay, front.slowMs);
       } else relay();
