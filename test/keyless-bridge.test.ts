@@ -636,6 +636,30 @@ describe('a pool of key servers', () => {
     }
   });
 
+  // With nothing measured, the first attempt took the whole deadline: the hanging server, listed first (unmeasured
+  // servers tie), failed the sign alone, nothing got measured, and without health checks every sign after its
+  // breaker closed again (at once with breakerMs 0) began the same way: every handshake failed, the live one unused.
+  it('a key server that hangs, listed first in a pool measured by nothing and without health checks: every handshake succeeds on the next', async () => {
+    const fake = await startFakeKeyserver(join(stateDir, 'pool-hang-first.sock'), ['never']);
+    try {
+      bridge.init({
+        servers: [
+          { name: 'hangs', socketPath: join(stateDir, 'pool-hang-first.sock') },
+          { name: 'live', socketPath: ks.unixPath! },
+        ],
+        timeoutMs: 1_000,
+        breakerMs: 0,
+      });
+      const outcomes: boolean[] = [];
+      for (let i = 0; i < 3; i++) outcomes.push((await tlsHandshake(ecServer.port, ca.certPem)).ok);
+      expect(outcomes, bridge.stats().lastError).toEqual([true, true, true]);
+      expect(server('live').signs).toBe(3);
+    } finally {
+      await fake.stop();
+      useKeyserver();
+    }
+  }, 30_000);
+
   // Each attempt used to get an equal share of the time left: with every server slower than timeoutMs / N
   // every attempt timed out, every sign failed (although any one server alone answers in time), and each
   // timeout opened a healthy server's breaker. Relays add 600 ms to every answer of the real key server.

@@ -244,9 +244,15 @@ static int choose(const int *tried, int64_t now, int *left)
  * idle). A server not measured yet (new, back from down) is judged by the others: in a slow pool it
  * gets the time a slow answer needs, in a fast one its share. With no server measured (a worker's first
  * sign, or after a sign timed out on every server, keyless_rpc_sign) nothing says how slow the pool is:
- * the attempt may take all the time left, else a pool slower than the share would never be measured.
- * The cost: a server that hangs then costs that one sign, and in a slow pool a hanging server costs
- * up to twice the latency instead of its share; in a fast pool (a few ms) a hang costs its share. */
+ * the attempt may take three quarters of the time left (all of it when it is the last server to try),
+ * else a pool slower than the share would never be measured; the quarter kept is the next server's, so
+ * a server that hangs, tried first with nothing measured (the first listed: unmeasured ones tie), does
+ * not fail the sign, and the server after it gets measured. All of it, a hanging first-listed server
+ * failed every sign of a pool without health checks whose breaker had closed again: the sign timed out
+ * on it alone, the reset below forgot nothing it had, and the next sign began the same way.
+ * The cost: a pool whose servers all answer in over three quarters of the deadline fails its signs
+ * (timeoutMs must be over 4/3 of the slowest sign), and in a slow pool a hanging server costs up to
+ * twice the latency instead of its share; in a fast pool (a few ms) a hang costs its share. */
 static int64_t budget(int left, int64_t rest)
 {
     double latency = -1;
@@ -256,7 +262,10 @@ static int64_t budget(int left, int64_t rest)
     for (i = 0; i < nservers; i++)
         if (servers[i].measured && servers[i].st.latency_ewma_ms > latency)
             latency = servers[i].st.latency_ewma_ms;
-    slow = latency < 0 ? rest : (int64_t)(2 * latency) + 1; /* + 1: never 0 ms, the clock counts whole ms */
+    if (latency < 0)
+        slow = left > 1 ? rest - rest / 4 : rest;
+    else
+        slow = (int64_t)(2 * latency) + 1; /* + 1: never 0 ms, the clock counts whole ms */
     if (slow > rest)
         slow = rest;
     return share > slow ? share : slow;
