@@ -453,6 +453,24 @@ describe('the renewal loop past renewal.maxConcurrent', () => {
     }));
 });
 
+describe('the renewal loop stopped (the primary shutting down)', () => {
+  it('starts no renewal left of its pass as the orders running end', () =>
+    withDir(async (state) => {
+      const names = Array.from({ length: 10 }, (_, i) => `s${i}.example.net`);
+      for (const name of names) state.state.certificates[name] = { domains: [name], keyId: '', failures: 0 };
+      const { answer, release } = heldAnswer('k-held');
+      const { manager, orders } = recordingManager(state, { answer });
+      await manager.tick();
+      expect(orders).toHaveLength(TEST_ACME.renewal.maxConcurrent);
+      manager.stop();
+      // Before, each order that ended started the next one left of the pass: the primary, its workers gone, stayed up
+      // ordering the backlog (keys made in the token, challenges nobody answered).
+      release();
+      await new Promise((resolve) => setTimeout(resolve, 200));
+      expect(orders).toHaveLength(TEST_ACME.renewal.maxConcurrent);
+    }));
+});
+
 describe('on-demand gate: a failed name ordered again while every order place is taken', () => {
   it('waiting its turn, it is in progress: its next handshakes order nothing, and its registered domain keeps its hour', () =>
     withDir(async (state) => {

@@ -97,6 +97,8 @@ export class CertificateManager {
   #left: string[] = [];
   /** Whether a walk over #left is under way (#walk): one at a time. */
   #walking = false;
+  /** stop() was called: an order ending starts no renewal left of the pass (the walk went on ordering the backlog). */
+  #stopped = false;
   /** No renewal-info lookup before this (ms since the epoch): the CA's endpoint did not answer (ARI_PAUSE_MS). */
   #ariPausedUntil = 0;
   /** Per entry, the serial whose renewal info the CA refused (a 4xx, a window that is none), and when to ask again. */
@@ -122,8 +124,11 @@ export class CertificateManager {
     setImmediate(tick);
   }
 
+  /** No pass starts after this, and the one under way orders nothing more (the primary is shutting down). */
   stop(): void {
     clearInterval(this.#timer);
+    this.#stopped = true;
+    this.#left = [];
   }
 
   /**
@@ -336,7 +341,7 @@ export class CertificateManager {
    * The renewals due past `renewal.maxConcurrent` start as the orders before them end (#left, #walk), not at the next pass.
    */
   async tick(): Promise<void> {
-    if (this.#ticking) return;
+    if (this.#ticking || this.#stopped) return;
     this.#ticking = true;
     try {
       const now = Date.now();
@@ -360,7 +365,8 @@ export class CertificateManager {
     if (this.#walking) return;
     this.#walking = true;
     try {
-      while (this.#left.length > 0 && this.#orders.size < this.#deps.config.renewal.maxConcurrent) await this.#consider(this.#left.shift() as string);
+      while (!this.#stopped && this.#left.length > 0 && this.#orders.size < this.#deps.config.renewal.maxConcurrent)
+        await this.#consider(this.#left.shift() as string);
     } finally {
       this.#walking = false;
     }
