@@ -1,0 +1,90 @@
+import { readFileSync } from 'node:fs';
+import type net from 'node:net';
+import { afterAll, beforeAll, expect, it } from 'vitest';
+import type { RunningWorker } from '../proxy/worker.js';
+import { startOriginWorker } from './helpers/origin-worker.js';
+import { waitFor } from './helpers/proxy-cluster.js';
+import { type KeylessLab, startKeylessLab } from './helpers/proxy-lab.js';
+import { type RawTls, rawTls } from './helpers/raw-tls.js';
+import { closeScriptedOrigin, type ScriptedAnswer, scriptedOrigin } from './helpers/scripted-origin.js';
+
+// A client that pipelines many requests on one connection (RFC 9112 §9.3.2) and
+// reads nothing, against an in-process worker and an origin that answers each
+// at once with 256 KiB: the connection must be cut after limits.sendTimeoutMs
+// and every origin place it held given back, while the origin's other clients
+// are served. Node 20's server emits 'drain' on the answer being sent whenever
+// an answer queued behind it buffers output, though the socket is still full:
+// taken for progress, it stopped the send clock, and the connection held every
+// origin place for ever (the origin's other clients got 503 after the queue
+// timeout).
+const HOST = 'p.lab.test';
+const SEND_TIMEOUT_MS = 3000;
+const LIMITS = { sendTimeoutMs: SEND_TIMEOUT_MS, originMaxConnections: 8, originQueueTimeoutMs: 1500 };
+const BIG = `HTTP/1.1 200 OK\r\ncontent-length: ${256 * 1024}\r\n\r\n${'x'.repeat(256 * 1024)}`;
+const DEPTH = 100;
+
+let lab: KeylessLab;
+let proxy: RunningWorker;
+let ca: string;
+let origin: net.Server;
+const sockets = new Set<net.Socket>();
+const saw: string[] = [];
+const lines: Record<string, unknown>[] = [];
+
+const answers: Record<string, ScriptedAnswer> = { '/victim': 'HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nvictim' };
+for (let i = 0; i < DEPTH; i++) answers[`/a${i}`] = BIG;
+
+beforeAll(async () => {
+  lab = await startKeylessLab();
+  ca = readFileSync(lab.caFile, 'utf8');
+  const cert = await lab.certificate('p', lab.keys.ec, [HOST]);
+  origin = scriptedOrigin(answers, { sockets, saw });
+  proxy = await startOriginWorker(lab, {
+    certificate: { name: 'p', chain: cert.file },
+    host: HOST,
+    origin,
+    limits: LIMITS,
+    logName: 'pipelined-unread',
+    lines,
+  });
+}, 60_000);
+
+afterAll(async () => {
+  await proxy?.close();
+  await closeScriptedOrigin(origin, sockets);
+  await lab?.close();
+});
+
+const burst = (): string => {
+  let text = '';
+  for (let i = 0; i < DEPTH; i++) text += `GET /a${i} HTTP/1.1\r\nHost: ${HOST}\r\n\r\n`;
+  return text;
+};
+const attackerLines = (from: number): Record<string, unknown>[] =>
+  lines.slice(from).filter((l) => l.access === true && typeof l.path === 'string' && /^\/a\d+$/.test(l.path));
+
+/** Sends one GET /victim on `client` (connected beforehand: a handshake's sign is not part of what is measured); resolves with its answer's head. */
+async function victim(client: RawTls): Promise<string> {
+  client.socket.write(`GET /victim HTTP/1.1\r\nHost: ${HOST}\r\n\r\n`);
+  return waitFor('the answer to /victim', () => (client.text().includes('\r\n\r\n') ? client.text() : undefined), 20_000);
+}
+
+it(`a client that pipelines ${DEPTH} requests and reads nothing is cut after limits.sendTimeoutMs, and gives back every origin place`, async () => {
+  const from = lines.length;
+  const attacker = await rawTls(proxy.ports[0]!, HOST, ca, { read: false });
+  attacker.socket.write(burst());
+  await waitFor('the origin to be sent the first requests', () => (saw.filter((l) => l.startsWith('GET /a')).length > 0 ? true : undefined));
+  // Before the fix no line came: the connection was never cut (the reviewer saw it held for 150 s and more).
+  const cut = await waitFor(
+    'the send timeout of the attacker',
+    () => attackerLines(from).find((l) => l.code === 'KEYEDGE_HTTP_SEND_TIMEOUT'),
+    SEND_TIMEOUT_MS + 15_000,
+  );
+  expect(cut.status).toBe(200);
+  // Every request the connection carried ended (an answer whole, cut, or never begun): none holds an origin place.
+  await waitFor('every pipelined request to end', () => (attackerLines(from).length === DEPTH ? true : undefined), 15_000);
+  const after = await rawTls(proxy.ports[0]!, HOST, ca);
+  expect(await victim(after)).toMatch(/^HTTP\/1\.1 200 /);
+  after.socket.destroy();
+  attacker.socket.destroy();
+}, 60_000);
