@@ -16,7 +16,10 @@ import { closeScriptedOrigin, type ScriptedAnswer, scriptedOrigin } from './help
 // an answer queued behind it buffers output, though the socket is still full:
 // taken for progress, it stopped the send clock, and the connection held every
 // origin place for ever (the origin's other clients got 503 after the queue
-// timeout).
+// timeout). And all the requests of such a connection were forwarded at once,
+// each answer queued behind the one before holding an origin place: one
+// connection took them all. A connection's pipelined requests are now
+// forwarded a few at a time.
 const HOST = 'p.lab.test';
 const SEND_TIMEOUT_MS = 3000;
 const LIMITS = { sendTimeoutMs: SEND_TIMEOUT_MS, originMaxConnections: 8, originQueueTimeoutMs: 1500 };
@@ -32,7 +35,12 @@ const saw: string[] = [];
 const lines: Record<string, unknown>[] = [];
 
 const answers: Record<string, ScriptedAnswer> = { '/victim': 'HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nvictim' };
-for (let i = 0; i < DEPTH; i++) answers[`/a${i}`] = BIG;
+for (let i = 0; i < DEPTH; i++) {
+  answers[`/a${i}`] = BIG;
+  // Each names itself, after 20 KiB: answers past Node's 16 KiB mark, queued behind one another.
+  const body = `${'o'.repeat(20_000)}<o${i}>`;
+  answers[`/o${i}`] = `HTTP/1.1 200 OK\r\ncontent-length: ${body.length}\r\n\r\n${body}`;
+}
 
 beforeAll(async () => {
   lab = await startKeylessLab();
@@ -87,4 +95,34 @@ it(`a client that pipelines ${DEPTH} requests and reads nothing is cut after lim
   expect(await victim(after)).toMatch(/^HTTP\/1\.1 200 /);
   after.socket.destroy();
   attacker.socket.destroy();
+}, 60_000);
+
+it("serves the origin's other clients while a connection that pipelined requests and reads nothing holds its answers", async () => {
+  const from = lines.length;
+  const other = await rawTls(proxy.ports[0]!, HOST, ca);
+  const attacker = await rawTls(proxy.ports[0]!, HOST, ca, { read: false });
+  attacker.socket.write(burst());
+  await waitFor('the origin to be sent the first requests', () => (saw.slice(-DEPTH).some((l) => l.startsWith('GET /a')) ? true : undefined));
+  // Before the fix the connection held all 8 places of the origin until its cut: the other client waited in the
+  // origin's queue, and got 503 KEYEDGE_HTTP_ORIGIN_BUSY after its 1.5 s, before the 3 s send timeout.
+  const answer = await victim(other);
+  expect(answer).toMatch(/^HTTP\/1\.1 200 /);
+  // Served during the hold, not after it: the connection had not been cut yet.
+  expect(attackerLines(from).some((l) => l.code === 'KEYEDGE_HTTP_SEND_TIMEOUT')).toBe(false);
+  await waitFor('the send timeout of the attacker', () => attackerLines(from).find((l) => l.code === 'KEYEDGE_HTTP_SEND_TIMEOUT'), SEND_TIMEOUT_MS + 15_000);
+  other.socket.destroy();
+  attacker.socket.destroy();
+}, 60_000);
+
+it(`a client that pipelines ${DEPTH} requests in one write and reads gets every answer, whole and in order`, async () => {
+  const client = await rawTls(proxy.ports[0]!, HOST, ca);
+  let text = '';
+  for (let i = 0; i < DEPTH; i++) text += `GET /o${i} HTTP/1.1\r\nHost: ${HOST}\r\n\r\n`;
+  client.socket.write(text);
+  await waitFor('every answer', () => (client.text().includes(`<o${DEPTH - 1}>`) ? true : undefined), 30_000);
+  const statuses = [...client.text().matchAll(/HTTP\/1\.1 (\d{3}) /g)].map((m) => m[1]);
+  expect(statuses).toEqual(Array(DEPTH).fill('200'));
+  const names = [...client.text().matchAll(/<o(\d+)>/g)].map((m) => Number(m[1]));
+  expect(names).toEqual([...Array(DEPTH).keys()]);
+  client.socket.destroy();
 }, 60_000);

@@ -34,6 +34,8 @@ import { bodyUnread, closeAfterAnswer } from './linger.js';
 import { type Carrier, EXCHANGE, type ExchangeOwner, OriginExchange, onAnswerEnd, originTargets } from './origin-exchange.js';
 import { refuseInvalidStatus } from './origin-status.js';
 import type { OriginPools, OriginTarget } from './origins.js';
+import { HttpFailure } from './errors.js';
+import { inTurn } from './pipeline-turns.js';
 import { whenQueuedClientGone } from './queued.js';
 import type { TrustedPeers } from './trusted-peers.js';
 
@@ -228,7 +230,10 @@ export function forward(pools: OriginPools, domain: ProxyDomain, req: IncomingMe
   // a pipelined HTTP/1.0 request goes only once its answer holds the connection (as nginx takes pipelined requests one
   // at a time); the connection's close, first, says the client is gone (above).
   if (res.socket === null && req.httpVersionMajor === 1 && req.httpVersionMinor === 0) res.once('socket', () => send(exchange, hasBody));
-  else send(exchange, hasBody);
+  // Pipelined HTTP/1.1 requests are forwarded a few at a time (pipeline-turns.ts): an answer queued behind another
+  // holds its origin place until its turn to be sent, and one connection held every place of an origin.
+  else if (!inTurn(req.socket, res, pools.admission.maxQueue, () => send(exchange, hasBody)))
+    exchange.finish(new HttpFailure('KEYEDGE_HTTP_ORIGIN_BUSY', `${pools.admission.maxQueue} requests pipelined on the connection wait for their turn`));
 }
 
 function send(exchange: Exchange, hasBody: boolean): void {
