@@ -157,7 +157,7 @@ class Exchange extends OriginExchange<ForwardOptions> {
     this.pools.succeeded(this.target!);
     this.resumeOrigin = resume;
     const early = this.body !== null && !req.complete;
-    const head = answerHeaderList(rawHeaders ?? [], this.extra);
+    const head = answerHeaderList(rawHeaders ?? [], this.extra, statusCode === 204);
     // In the list, never by setHeader: once one field is set that way, node's writeHead sets each of the list's
     // with setHeader too, and a field the origin repeated (two Set-Cookie) would keep only its last value.
     if (early) head.push('connection', 'close');
