@@ -1,7 +1,9 @@
 import { readFileSync } from 'node:fs';
 import type net from 'node:net';
+import tls from 'node:tls';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import type { RunningWorker } from '../proxy/worker.js';
+import { fillThenEnd } from './helpers/full-send-queue.js';
 import { startOriginWorker } from './helpers/origin-worker.js';
 import { waitFor } from './helpers/proxy-cluster.js';
 import { type KeylessLab, startKeylessLab } from './helpers/proxy-lab.js';
@@ -34,7 +36,16 @@ const sockets = new Set<net.Socket>();
 const saw: string[] = [];
 const lines: Record<string, unknown>[] = [];
 
-const answers: Record<string, ScriptedAnswer> = { '/victim': 'HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nvictim' };
+/** The origin connection of the last '/tail' request: the test sends its answer's body (full-send-queue.ts). */
+let tail: net.Socket | undefined;
+
+const answers: Record<string, ScriptedAnswer> = {
+  '/victim': 'HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nvictim',
+  '/tail': (socket) => {
+    tail = socket;
+    socket.write('HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n');
+  },
+};
 for (let i = 0; i < DEPTH; i++) {
   answers[`/a${i}`] = BIG;
   // Each names itself, after 20 KiB: answers past Node's 16 KiB mark, queued behind one another.
@@ -126,3 +137,30 @@ it(`a client that pipelines ${DEPTH} requests in one write and reads gets every 
   expect(names).toEqual([...Array(DEPTH).keys()]);
   client.socket.destroy();
 }, 60_000);
+
+it('cuts, after limits.sendTimeoutMs, an answer ended while its last bytes wait for a client that reads nothing, and the request pipelined behind it', async () => {
+  // The answer's end is relayed while its last piece waits in the proxy's own buffer, the kernel's full: it never
+  // finishes, and the answer pipelined behind it never gets the connection. Before the fix nothing bounded that: the
+  // connection stayed open, and the request behind held its origin place, for ever.
+  let line: Record<string, unknown> | undefined;
+  for (let attempt = 0; attempt < 3 && line === undefined; attempt++) {
+    const from = lines.length;
+    tail = undefined;
+    const client = tls.connect({ host: '127.0.0.1', port: proxy.ports[0], servername: HOST, ca, ALPNProtocols: ['http/1.1'] });
+    client.on('error', () => undefined);
+    await new Promise((resolve) => client.once('secureConnect', resolve));
+    client.pause();
+    client.write(`GET /tail HTTP/1.1\r\nHost: ${HOST}\r\n\r\nGET /a0 HTTP/1.1\r\nHost: ${HOST}\r\n\r\n`);
+    const filled = await fillThenEnd(await waitFor('the origin connection', () => tail), proxy.ports[0]!, client.localPort!);
+    const tailLine = (): Record<string, unknown> | undefined => lines.slice(from).find((l) => l.access === true && l.path === '/tail');
+    if (filled.stuck) {
+      const logged = await waitFor('the access line of /tail', tailLine, SEND_TIMEOUT_MS + 15_000);
+      // Not cut, and the kernel took more: the proxy had only been slow to write the rest, which then went whole.
+      if (!(logged.code !== 'KEYEDGE_HTTP_SEND_TIMEOUT' && filled.grewSince())) line = logged;
+    }
+    client.destroy();
+    await waitFor('the pipelined request to end', () => lines.slice(from).find((l) => l.access === true && l.path === '/a0'), 15_000);
+  }
+  expect(line, 'the state reached in 3 tries').toBeDefined();
+  expect(line).toMatchObject({ status: 200, code: 'KEYEDGE_HTTP_SEND_TIMEOUT', aborted: true });
+}, 120_000);

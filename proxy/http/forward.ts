@@ -33,6 +33,7 @@ import { answerHeaderList, type ExtraHeaders, extraHeaders, originRequestHeaderL
 import { bodyUnread, closeAfterAnswer } from './linger.js';
 import { type Carrier, EXCHANGE, type ExchangeOwner, OriginExchange, onAnswerEnd, originTargets } from './origin-exchange.js';
 import { refuseInvalidStatus } from './origin-status.js';
+import { SendStallClock } from './send-stall.js';
 import type { OriginPools, OriginTarget } from './origins.js';
 import { HttpFailure } from './errors.js';
 import { inTurn } from './pipeline-turns.js';
@@ -199,7 +200,17 @@ class Exchange extends OriginExchange<ForwardOptions> {
   onComplete(): void {
     const { res } = this;
     this.leaveGate();
-    if (!res.destroyed) res.end();
+    if (!res.destroyed) {
+      res.end();
+      // Ended with bytes the client has not taken (its socket's own buffer holds some, the kernel's being full), or
+      // queued behind another answer: it holds the connection, and every answer pipelined behind it, until its
+      // 'finish', which a client that reads nothing never brings, and no 'drain' comes for an ended answer. The send
+      // clock runs until its 'close' (send-stall.ts), as nginx's send_timeout bounds its last writes.
+      if (!res.writableFinished && (res.socket === null || res.socket.writableLength > 0)) {
+        this.stall ??= new SendStallClock(res, this.pools.sendTimeoutMs);
+        this.stall.waiting();
+      }
+    }
     this.settle(undefined);
   }
 }
