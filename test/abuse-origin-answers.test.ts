@@ -126,6 +126,8 @@ const ANSWERS: Record<string, string | ((socket: net.Socket) => void)> = {
   '/close-short': (socket) => socket.end(`HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: ${CLOSE_BYTES}\r\n\r\n${'c'.repeat(CLOSE_BYTES / 2)}`),
   // RFC 9110 §15.3.6: a 205 has no content; this origin sends some anyway, framed by its Content-Length.
   '/reset-content': 'HTTP/1.1 205 Reset Content\r\ncontent-length: 5\r\n\r\nhello',
+  // RFC 9110 §8.6: a server must not send a Content-Length in a 204.
+  '/no-content-length': 'HTTP/1.1 204 No Content\r\ncontent-length: 5\r\nx-kept: 1\r\n\r\n',
   // Status codes outside 100–599 (RFC 9110 §15: invalid, to be processed as 5xx); 599 and an unknown 1xx are valid.
   '/status-600': 'HTTP/1.1 600 Odd\r\ncontent-length: 2\r\n\r\nok',
   '/status-999': 'HTTP/1.1 999 Odd\r\ncontent-length: 2\r\n\r\nok',
@@ -437,6 +439,27 @@ describe('a 205 (Reset Content) with content, to an HTTP/2 client', () => {
       // Node ends a 205's stream with its head (as for 204 and 304): the Content-Length would announce bytes that never come.
       expect(await h2Get(session, '/reset-content')).toMatchObject({ status: 205, body: '' });
       expect(await h2Get(session, '/ok')).toMatchObject({ status: 200, body: 'ok' });
+    } finally {
+      await closeSession(session);
+    }
+  });
+});
+
+describe('a 204 (No Content) with a Content-Length', () => {
+  it('is relayed without it to HTTP/1.1 and HTTP/2 clients (RFC 9110 §8.6), its other fields kept, the connection in step', async () => {
+    const { received } = await h1Send(`GET /no-content-length HTTP/1.1\r\nHost: ${HOST}\r\n\r\nGET /ok HTTP/1.1\r\nHost: ${HOST}\r\nConnection: close\r\n\r\n`);
+    const first = received.slice(0, received.indexOf('\r\n\r\n'));
+    expect(first).toMatch(/^HTTP\/1\.1 204 /);
+    expect(first).toMatch(/\r\nx-kept: 1/i);
+    expect(first).not.toMatch(/\r\ncontent-length:/i);
+    expect([...received.matchAll(/HTTP\/1\.1 (\d{3}) /g)].map((m) => m[1])).toEqual(['204', '200']);
+    expect(received.endsWith('\r\n\r\nok')).toBe(true);
+    const session = h2Connect(proxy.ports[0]!, ca, HOST);
+    try {
+      const answer = await h2Request(session, { ':path': '/no-content-length' });
+      expect(answer.status).toBe(204);
+      expect(answer.headers['x-kept']).toBe('1');
+      expect(answer.headers['content-length']).toBeUndefined();
     } finally {
       await closeSession(session);
     }

@@ -216,9 +216,12 @@ export class RequestRecord implements ForwardOptions {
       this.code = refused.code;
       return this.accounts.count(this, { aborted: false, code: refused.code, status: refused.status });
     }
-    const aborted = !res.writableFinished;
+    // An answer ended whose last bytes the client never took is cut by the send clock: its socket's end then leaves
+    // nothing unwritten, and writableFinished says true.
+    const stalled = stalledSend(res);
+    const aborted = !res.writableFinished || stalled;
     // A client that stopped reading is cut by the send-stall timer before forward() can say so.
-    const ours = this.code ?? (stalledSend(res) ? 'KEYEDGE_HTTP_SEND_TIMEOUT' : undefined);
+    const ours = this.code ?? (stalled ? 'KEYEDGE_HTTP_SEND_TIMEOUT' : undefined);
     this.code = aborted && ours === undefined ? 'KEYEDGE_HTTP_CLIENT_CLOSED' : ours;
     this.accounts.count(this, { aborted, code: this.code, status: aborted && !res.headersSent ? CLIENT_CLOSED_STATUS : res.statusCode });
   }

@@ -199,8 +199,11 @@ function isConnection(name: Buffer | string): boolean {
  * flat list to give `writeHead`: end-to-end headers only, bytes kept as
  * latin1 (RFC 9110 §5.5: field values are octets; node writes the list as
  * latin1), then `extra`, which replaces any the origin sent of the same name.
+ * `noLength` (a 204) drops Content-Length: a server must not send one in a
+ * 204 (RFC 9110 §8.6), and nginx drops it too; HTTP/2 clients never get it
+ * (http2/origin-handler.ts).
  */
-export function answerHeaderList(raw: readonly (Buffer | string)[], extra: ExtraHeaders): string[] {
+export function answerHeaderList(raw: readonly (Buffer | string)[], extra: ExtraHeaders, noLength = false): string[] {
   let named = NOTHING;
   for (let i = 0; i < raw.length; i += 2) {
     if (!isConnection(raw[i]!)) continue;
@@ -212,6 +215,7 @@ export function answerHeaderList(raw: readonly (Buffer | string)[], extra: Extra
     const name = text(raw[i]!);
     const lower = name.toLowerCase();
     if (HOP_BY_HOP.has(lower) || named.has(lower) || extra.names.has(lower)) continue;
+    if (noLength && lower === 'content-length') continue;
     out.push(name, text(raw[i + 1]!));
   }
   for (const item of extra.list) out.push(item);

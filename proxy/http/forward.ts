@@ -33,7 +33,10 @@ import { answerHeaderList, type ExtraHeaders, extraHeaders, originRequestHeaderL
 import { bodyUnread, closeAfterAnswer } from './linger.js';
 import { type Carrier, EXCHANGE, type ExchangeOwner, OriginExchange, onAnswerEnd, originTargets } from './origin-exchange.js';
 import { refuseInvalidStatus } from './origin-status.js';
+import { SendStallClock } from './send-stall.js';
 import type { OriginPools, OriginTarget } from './origins.js';
+import { HttpFailure } from './errors.js';
+import { inTurn } from './pipeline-turns.js';
 import { whenQueuedClientGone } from './queued.js';
 import type { TrustedPeers } from './trusted-peers.js';
 
@@ -155,7 +158,7 @@ class Exchange extends OriginExchange<ForwardOptions> {
     this.pools.succeeded(this.target!);
     this.resumeOrigin = resume;
     const early = this.body !== null && !req.complete;
-    const head = answerHeaderList(rawHeaders ?? [], this.extra);
+    const head = answerHeaderList(rawHeaders ?? [], this.extra, statusCode === 204);
     // In the list, never by setHeader: once one field is set that way, node's writeHead sets each of the list's
     // with setHeader too, and a field the origin repeated (two Set-Cookie) would keep only its last value.
     if (early) head.push('connection', 'close');
@@ -197,7 +200,17 @@ class Exchange extends OriginExchange<ForwardOptions> {
   onComplete(): void {
     const { res } = this;
     this.leaveGate();
-    if (!res.destroyed) res.end();
+    if (!res.destroyed) {
+      res.end();
+      // Ended with bytes the client has not taken (its socket's own buffer holds some, the kernel's being full), or
+      // queued behind another answer: it holds the connection, and every answer pipelined behind it, until its
+      // 'finish', which a client that reads nothing never brings, and no 'drain' comes for an ended answer. The send
+      // clock runs until its 'close' (send-stall.ts), as nginx's send_timeout bounds its last writes.
+      if (!res.writableFinished && (res.socket === null || res.socket.writableLength > 0)) {
+        this.stall ??= new SendStallClock(res, this.pools.sendTimeoutMs);
+        this.stall.waiting();
+      }
+    }
     this.settle(undefined);
   }
 }
@@ -228,7 +241,10 @@ export function forward(pools: OriginPools, domain: ProxyDomain, req: IncomingMe
   // a pipelined HTTP/1.0 request goes only once its answer holds the connection (as nginx takes pipelined requests one
   // at a time); the connection's close, first, says the client is gone (above).
   if (res.socket === null && req.httpVersionMajor === 1 && req.httpVersionMinor === 0) res.once('socket', () => send(exchange, hasBody));
-  else send(exchange, hasBody);
+  // Pipelined HTTP/1.1 requests are forwarded a few at a time (pipeline-turns.ts): an answer queued behind another
+  // holds its origin place until its turn to be sent, and one connection held every place of an origin.
+  else if (!inTurn(req.socket, res, pools.admission.maxQueue, () => send(exchange, hasBody)))
+    exchange.finish(new HttpFailure('KEYEDGE_HTTP_ORIGIN_BUSY', `${pools.admission.maxQueue} requests pipelined on the connection wait for their turn`));
 }
 
 function send(exchange: Exchange, hasBody: boolean): void {

@@ -115,9 +115,12 @@ export function onAnswerEnd(req: IncomingMessage, res: ServerResponse, code: () 
     // Its body turned bad and the parser's refusal went out instead (client-error.ts): that is what the client got.
     const refused = parserRefusal(res);
     if (refused !== undefined) return account({ aborted: false, ...refused });
-    const aborted = !res.writableFinished;
+    // An answer ended whose last bytes the client never took is cut by the send clock: its socket's end then leaves
+    // nothing unwritten, and writableFinished says true.
+    const stalled = stalledSend(res);
+    const aborted = !res.writableFinished || stalled;
     // A client that stopped reading is cut by the send-stall timer before forward() can say so.
-    const ours = code() ?? (stalledSend(res) ? 'KEYEDGE_HTTP_SEND_TIMEOUT' : undefined);
+    const ours = code() ?? (stalled ? 'KEYEDGE_HTTP_SEND_TIMEOUT' : undefined);
     account({
       aborted,
       code: aborted && ours === undefined ? 'KEYEDGE_HTTP_CLIENT_CLOSED' : ours,

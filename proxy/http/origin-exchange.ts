@@ -39,7 +39,7 @@
  * next origin whatever its method. An answer begun is never retried.
  */
 import { EventEmitter } from 'node:events';
-import type { ServerResponse } from 'node:http';
+import { ServerResponse } from 'node:http';
 import type { Readable } from 'node:stream';
 import type { Dispatcher } from 'undici';
 import type { ProxyDomain } from '../../config/proxy-schema.js';
@@ -102,6 +102,8 @@ export abstract class OriginExchange<Owner extends ExchangeOwner = ExchangeOwner
   /** Fired when the client leaves while the request waits at the gate; made only then. */
   abandon: EventEmitter | undefined = undefined;
   stall: SendStallClock | undefined = undefined;
+  /** A 'drain' came while the client's socket still needed one (onAnswerDrain): the socket's own is awaited. */
+  awaitsSocketDrain = false;
 
   constructor(pools: OriginPools, owner: Owner, targets: readonly OriginTarget[], method: string) {
     this.pools = pools;
@@ -317,10 +319,30 @@ export function onAnswerEnd(this: Carrier): void {
  * so it is deferred: Node emits 'drain' synchronously, even from inside
  * another answer's write (a queued pipelined answer's buffered bytes), and
  * so possibly from inside another connection's parser, which undici refuses.
+ *
+ * Node 20's server emits that 'drain' whenever a queued answer buffers
+ * output, whether or not the socket took anything: a 'drain' on an HTTP/1.1
+ * answer whose socket still needs one is no progress. Taken for one, it
+ * cleared the stall clock and resumed the origin; the answer then ended
+ * behind a socket the client never emptied, and a client that pipelined
+ * requests and read nothing held every origin place for ever. It is ignored,
+ * and the socket's own 'drain' heard instead (Node, having sent its 'drain',
+ * relays no other to the answer).
  */
 function onAnswerDrain(this: Carrier): void {
   const exchange = this[EXCHANGE];
   if (exchange === undefined) return;
+  const socket = this instanceof ServerResponse ? this.socket : null;
+  if (socket?.writableNeedDrain === true) {
+    if (!exchange.awaitsSocketDrain) {
+      exchange.awaitsSocketDrain = true;
+      socket.once('drain', () => {
+        exchange.awaitsSocketDrain = false;
+        onAnswerDrain.call(this);
+      });
+    }
+    return;
+  }
   exchange.stall?.flowing();
   if (!exchange.paused) return;
   exchange.paused = false;

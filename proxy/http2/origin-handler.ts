@@ -86,7 +86,7 @@ export abstract class StreamExchange extends OriginExchange<StreamForwardOptions
     const head = http2Fields(rawHeaders ?? [], this.owner.extraHeaders, statusCode);
     // A 204 has no content and no Content-Length (RFC 9110 §8.6); nghttp2 clients (curl, Node) reset a 204 that
     // carries one other than 0 with PROTOCOL_ERROR. A 205 has no content either (§15.3.6) and Node ends its stream
-    // with the head as for a 204: a length an origin gave it goes too. HTTP/1.1 clients get them as sent (forward.ts).
+    // with the head as for a 204: a length an origin gave it goes too. HTTP/1.1 clients get a 204's dropped too (forward.ts).
     if (statusCode === 204 || statusCode === 205) delete head['content-length'];
     const declaresTrailers = head.trailer !== undefined;
     // A head Node refuses to send (a value with bytes RFC 9110 §5.5 forbids, a stream already closed) throws here: undici aborts and calls onError.
