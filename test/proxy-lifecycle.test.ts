@@ -54,6 +54,15 @@ if (dir !== undefined && cluster.isPrimary) {
       process.send({ type: 'keyedge:metrics', full: false, metrics });
       process.send({ type: 'keyedge:metrics', full: true, metrics });
     }
+    // From then on, every snapshot it sends holds a metric without an aggregator, or with one prom-client does not
+    // have: taken, AggregatorRegistry.aggregate threw at every scrape (500), and after the worker's exit for good.
+    const send = process.send.bind(process);
+    let odd = 0;
+    process.send = (message, ...rest) => {
+      if (message?.type !== 'keyedge:metrics' && message?.type !== 'keyedge:metrics-final') return send(message, ...rest);
+      const extra = { name: 'odd_total', help: 'odd', type: 'counter', values: [{ value: 1, labels: {} }] };
+      return send({ ...message, metrics: [...message.metrics, ++odd % 2 === 0 ? { ...extra, aggregator: 'bogus' } : extra] }, ...rest);
+    };
   });
   // Counts the primary's requests for a whole registry (a scrape's), in a file per worker.
   let full = 0;
