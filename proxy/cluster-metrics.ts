@@ -23,7 +23,11 @@
  * out, `keyedge:metrics-final` { metrics }.
  */
 import type { Worker } from 'node:cluster';
+import * as promClient from 'prom-client';
 import { AggregatorRegistry, Counter, Histogram, type MetricObjectWithValues, type MetricValue, type Registry, register } from 'prom-client';
+
+/** prom-client's aggregators by name (exported at run time, not in its typings): what AggregatorRegistry.aggregate looks up. */
+const AGGREGATORS = (promClient as unknown as { readonly aggregators: Readonly<Record<string, unknown>> }).aggregators;
 
 /** How often the primary asks every worker for its counters: the most a SIGKILLed worker can lose. */
 const POLL_MS = 5_000;
@@ -43,7 +47,7 @@ interface SnapshotMessage {
 }
 
 /**
- * A snapshot whose every metric has a name, a type and values with a number each: one that did not (a null in the
+ * A snapshot whose every metric has a name, a type, a known aggregator and values with a number each: one that did not (a null in the
  * array, `values` not an array) threw in the primary's message handler, or at the worker's exit, and ended the proxy.
  */
 function isSnapshot(message: unknown): message is SnapshotMessage {
@@ -52,12 +56,19 @@ function isSnapshot(message: unknown): message is SnapshotMessage {
   return (type === SNAPSHOT || type === FINAL) && Array.isArray(metrics) && metrics.every(isMetric);
 }
 
+/**
+ * A metric with an `aggregator` prom-client has: one without it, or with another, made AggregatorRegistry.aggregate
+ * throw at every scrape (500), and for good once the worker's exit had folded it into the retired set.
+ */
 function isMetric(metric: unknown): boolean {
   if (typeof metric !== 'object' || metric === null) return false;
-  const { name, type, values } = metric as { name?: unknown; type?: unknown; values?: unknown };
+  const { name, type, values, aggregator } = metric as { name?: unknown; type?: unknown; values?: unknown; aggregator?: unknown };
   return (
     typeof name === 'string' &&
     typeof type === 'string' &&
+    typeof aggregator === 'string' &&
+    Object.hasOwn(AGGREGATORS, aggregator) &&
+    typeof AGGREGATORS[aggregator] === 'function' &&
     Array.isArray(values) &&
     values.every((v: unknown) => {
       const { value, labels } = (typeof v === 'object' && v !== null ? v : {}) as { value?: unknown; labels?: unknown };

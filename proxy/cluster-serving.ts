@@ -9,9 +9,9 @@
  */
 import type { Worker } from 'node:cluster';
 import type { Logger } from '../keyserver/shared/log.js';
-import { APPLIED, type AppliedMessage, applyMessage } from './cluster-messages.js';
+import { type AppliedMessage, applyMessage } from './cluster-messages.js';
 import { sendToWorker } from './cluster-metrics.js';
-import { ReloadCoordinator } from './serving/coordinator.js';
+import { ReloadCoordinator, type WorkerNotApplied } from './serving/coordinator.js';
 import { Distribution } from './serving/distribute.js';
 import { PackShelf, type WireDelta } from './serving/pack.js';
 import type { ServingSource } from './serving/source.js';
@@ -27,8 +27,8 @@ export interface Serving {
   wire(kind: 'snapshot' | 'delta', delta: ServingDelta, worker: Worker): WireDelta;
   /** Workers that hold the current serving state and get every delta after it. */
   readonly synced: Set<Worker>;
-  /** Per worker, what to do with its answer to the delta being applied. */
-  readonly acks: Map<Worker, (message: AppliedMessage) => void>;
+  /** Per worker, what to do with its answer to the delta being applied ('exited': it exited before it answered). */
+  readonly acks: Map<Worker, (answer: AppliedMessage | 'exited') => void>;
   /** The delta being applied, if any: a worker that starts meanwhile gets it after the committed state. */
   inFlight(): ServingDelta | undefined;
   /** The committed state, which a worker that starts gets first. */
@@ -76,8 +76,10 @@ export function distributeServing(
   const distribution = new Distribution();
   const synced = new Set<Worker>();
   let inFlight: ServingDelta | undefined;
-  const acks = new Map<Worker, (message: AppliedMessage) => void>();
-  const applyEverywhere = async (next: ServingDelta): Promise<string[]> => {
+  const acks = new Map<Worker, (answer: AppliedMessage | 'exited') => void>();
+  // A worker lost to a delta (it exited, or did not answer in time) is not a failure of the delta, which is committed:
+  // its replacement starts from it, or it applies it late (coordinator.ts `notApplied`). One that could not apply it is.
+  const applyEverywhere = async (next: ServingDelta): Promise<(string | WorkerNotApplied)[]> => {
     // The delta, or the whole state after it when the workers' layers would grow too far (serving/distribute.ts).
     const delta = distribution.shape(next, () => source.wholeWith(next));
     inFlight = delta;
@@ -85,22 +87,23 @@ export function distributeServing(
       const results = await Promise.all(
         [...synced].map(
           (worker) =>
-            new Promise<string | undefined>((resolve) => {
+            new Promise<string | WorkerNotApplied | undefined>((resolve) => {
               const timer = setTimeout(() => {
                 acks.delete(worker);
-                resolve(`worker ${worker.id}: no answer within ${applyTimeoutMs} ms`);
+                resolve({ notApplied: `worker ${worker.id}: no answer within ${applyTimeoutMs} ms` });
               }, applyTimeoutMs);
-              acks.set(worker, (message) => {
-                if (message.generation !== delta.generation) return;
+              acks.set(worker, (answer) => {
+                if (answer !== 'exited' && answer.generation !== delta.generation) return;
                 clearTimeout(timer);
                 acks.delete(worker);
-                resolve(message.error === undefined ? undefined : `worker ${worker.id}: ${message.error}`);
+                if (answer === 'exited') resolve({ notApplied: `worker ${worker.id}: exited` });
+                else resolve(answer.error === undefined ? undefined : `worker ${worker.id}: ${answer.error}`);
               });
               sendToWorker(worker, applyMessage(wire('delta', delta, worker)));
             }),
         ),
       );
-      return results.filter((r): r is string => r !== undefined);
+      return results.filter((r) => r !== undefined);
     } finally {
       inFlight = undefined;
     }
@@ -124,7 +127,7 @@ export function distributeServing(
     gone: (worker) => {
       synced.delete(worker);
       packs.gone(worker);
-      acks.get(worker)?.({ type: APPLIED, generation: inFlight?.generation ?? -1, error: 'exited' });
+      acks.get(worker)?.('exited');
     },
   };
 }

@@ -54,11 +54,25 @@ if (dir !== undefined && cluster.isPrimary) {
       process.send({ type: 'keyedge:metrics', full: false, metrics });
       process.send({ type: 'keyedge:metrics', full: true, metrics });
     }
+    // From then on, every snapshot it sends holds a metric without an aggregator, or with one prom-client does not
+    // have: taken, AggregatorRegistry.aggregate threw at every scrape (500), and after the worker's exit for good.
+    const send = process.send.bind(process);
+    let odd = 0;
+    process.send = (message, ...rest) => {
+      if (message?.type !== 'keyedge:metrics' && message?.type !== 'keyedge:metrics-final') return send(message, ...rest);
+      const extra = { name: 'odd_total', help: 'odd', type: 'counter', values: [{ value: 1, labels: {} }] };
+      return send({ ...message, metrics: [...message.metrics, ++odd % 2 === 0 ? { ...extra, aggregator: 'bogus' } : extra] }, ...rest);
+    };
   });
   // Counts the primary's requests for a whole registry (a scrape's), in a file per worker.
   let full = 0;
   process.on('message', (message) => {
     if (message?.type === 'keyedge:metrics-request' && message.full === true) writeFileSync(join(dir, 'full-' + process.pid), String(++full));
+  });
+  // Dies as a reload reaches it when the file 'exit-on-apply' names it: a worker lost mid-reload (a crash, the OOM killer).
+  process.on('message', (message) => {
+    const file = join(dir, 'exit-on-apply');
+    if (message?.type === 'keyedge:apply' && existsSync(file) && readFileSync(file, 'utf8') === String(process.pid)) process.exit(3);
   });
   if (existsSync(join(dir, 'crash'))) setTimeout(() => process.exit(3), 20);
   if (existsSync(join(dir, 'slow-worker'))) block(existsSync(join(dir, 'slow-worker-ms')) ? Number(readFileSync(join(dir, 'slow-worker-ms'), 'utf8')) : 3000);
@@ -444,10 +458,10 @@ describe.concurrent('workers that die or hang at every start, and the other case
     }, 120_000);
   });
 
-  // One proxy for these three cases, in this order: none of them stops it, the storm must see no worker die yet and the
-  // scrapes no restart, and only the last one kills a worker. It is the SIGHUP case's (two workers with the fault module,
+  // One proxy for these cases, in this order: none of them stops it, the storm must see no worker die yet and the
+  // scrapes no restart, and only the last two kill a worker. It is the SIGHUP case's (two workers with the fault module,
   // none died, none restarted; its one reload done), or, had that case failed before it was ready, one of their own.
-  describe.sequential('one proxy, three cases in turn', () => {
+  describe.sequential('one proxy, four cases in turn', () => {
     let control: string;
     let proxy: ClusterProxy;
     beforeAll(async () => {
@@ -502,6 +516,28 @@ describe.concurrent('workers that die or hang at every start, and the other case
         const text = await (await fetch(`http://127.0.0.1:${proxy.adminPort}/metrics`)).text();
         expect(text).toMatch(/keyedge_proxy_worker_restarts_total 1/);
         expect(await answered(proxy, '/after-shapes/answer?size=16')).toMatch(/^HTTP\/1\.1 200 /);
+      }, 120_000);
+    });
+
+    describe('a worker lost mid-reload', () => {
+      it('the reload is committed and answered as such (200, the worker named in `notApplied`), and the replacement serves it', async () => {
+        const alive = (): number[] => {
+          const { listening, died } = workerPids(proxy);
+          return listening.filter((pid) => !died.includes(pid));
+        };
+        const [victim] = await waitFor('two workers listening', () => (alive().length === 2 ? alive() : undefined));
+        writeFileSync(join(control, 'exit-on-apply'), String(victim));
+        const reload = await proxy.admin('POST', '/reload');
+        rmSync(join(control, 'exit-on-apply'));
+        // It was answered 409 (which says the config was refused, nothing taken) with `error` "worker N: exited".
+        expect(reload.status, reload.text).toBe(200);
+        const report = JSON.parse(reload.text) as Record<string, unknown>;
+        expect(report).toMatchObject({ result: 'ok', notApplied: [expect.stringMatching(/^worker \d+: exited/)] });
+        expect(report.error).toBeUndefined();
+        await waitFor('the replacement', () => (workerPids(proxy).died.includes(victim!) && alive().length === 2 ? true : undefined), 30_000);
+        const text = await (await fetch(`http://127.0.0.1:${proxy.adminPort}/metrics`)).text();
+        expect(text).not.toMatch(/keyedge_proxy_reloads_total\{trigger="admin",result="partial"\}/);
+        expect(await answered(proxy, '/after-lost/answer?size=16')).toMatch(/^HTTP\/1\.1 200 /);
       }, 120_000);
     });
   });

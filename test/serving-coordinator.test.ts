@@ -128,4 +128,21 @@ describe('ReloadCoordinator', () => {
     const coordinator = new ReloadCoordinator(source, { log, apply: async () => ['worker 2: certificate cannot be served'] });
     expect(await coordinator.reload('signal')).toMatchObject({ result: 'partial', error: { message: 'worker 2: certificate cannot be served' } });
   });
+
+  it('calls a reload that lost workers (one exited, one did not answer in time) ok and committed, naming them, with no error', async () => {
+    const { source, commits } = fakeSource(async () => undefined);
+    const lost = [{ notApplied: 'worker 2: exited' }, { notApplied: 'worker 3: no answer within 30000 ms' }];
+    const coordinator = new ReloadCoordinator(source, { log, apply: async () => lost });
+    const report = await coordinator.reload('admin');
+    expect(report).toMatchObject({ result: 'ok', notApplied: ['worker 2: exited', 'worker 3: no answer within 30000 ms'] });
+    expect(report.error).toBeUndefined();
+    expect(commits()).toBe(1);
+    // With a failure of the delta itself beside them, it is partial.
+    const mixed = new ReloadCoordinator(source, { log, apply: async () => ['worker 4: certificate cannot be served', ...lost] });
+    expect(await mixed.reload('admin')).toMatchObject({
+      result: 'partial',
+      error: { message: 'worker 4: certificate cannot be served' },
+      notApplied: ['worker 2: exited', 'worker 3: no answer within 30000 ms'],
+    });
+  });
 });

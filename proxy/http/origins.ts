@@ -14,8 +14,14 @@
  * undici queues without bound. Request bodies are read by `bodies` (body.ts)
  * before a request takes its place at the gate.
  *
- * Lifecycle: `retain(domains)` at start and after each reload reads the CA
- * files first (a bad one throws before anything changes), then keeps the
+ * CA files are read in the primary alone (`readOriginCas`, at each pass of the
+ * reload path), which sends what it read and checked with the routing table
+ * (`OriginCas`): a worker that starts later (a crash's replacement) or
+ * applies a reload a moment later serves what was checked, whatever became
+ * of the file since.
+ *
+ * Lifecycle: `retain(domains, cas)` at start and after each reload takes
+ * each domain's CA (a bad one throws before anything changes), then keeps the
  * pools and health of origins still configured and closes the others once
  * their in-flight requests finish. A request still on its way to a dropped
  * origin gets a pool of its own, gone when it ends (`dispatch`), behind the
@@ -85,6 +91,12 @@ export function originPoolOptions(limits: ProxyConfig['limits']): OriginPoolOpti
   };
 }
 
+/**
+ * The content of each origin CA file the routing table names (its resolved path
+ * → its PEM), as the primary read and checked it (`readOriginCas`).
+ */
+export type OriginCas = Readonly<Record<string, string>>;
+
 /** One origin as a request reaches it. */
 export interface OriginTarget {
   /** The pool's identity: URL, SNI name and CA digest (health is kept per key). */
@@ -110,6 +122,8 @@ export class OriginPools {
   readonly #balancer: Balancer;
   /** The targets of each domain object of the current configuration, in config order. */
   #targets = new WeakMap<ProxyDomain, readonly OriginTarget[]>();
+  /** The CA files' content sent with the configuration `retain` last made current. */
+  #cas: OriginCas | undefined = undefined;
   /** The origins (keys) of the configuration `retain` last made current; undefined before the first. */
   #configured: ReadonlySet<string> | undefined = undefined;
   /** Connections of requests sent again (`dispatch`'s `fresh`) open now, per origin: they count with its pool's. */
@@ -128,13 +142,13 @@ export class OriginPools {
 
   /**
    * The origins of `domain` in the order to try them (balancer.ts). A domain
-   * not yet seen by `retain` is prepared now, reading its CA file: a failure
-   * then fails this request only.
+   * not yet seen by `retain` is prepared now (its CA from the ones `retain`
+   * was given, else read from its file): a failure then fails this request only.
    */
   targets(domain: ProxyDomain): readonly OriginTarget[] {
     let targets = this.#targets.get(domain);
     if (targets === undefined) {
-      targets = prepareTargets(domain);
+      targets = prepareTargets(domain, this.#cas);
       this.#targets.set(domain, targets);
     }
     if (targets.length === 1) return targets;
@@ -249,22 +263,25 @@ export class OriginPools {
   }
 
   /**
-   * Makes `domains` the configured set: prepares each one's targets (throws
-   * a ConfigError naming the domain and file when a CA cannot be used, with
-   * nothing changed), keeps the pools and health of origins still in use,
-   * and closes the others after their in-flight requests.
+   * Makes `domains` the configured set: prepares each one's targets with its
+   * CA from `cas` (the primary's, sent with the routing table; a CA file not
+   * in it, as for a worker run without a primary, is read here: a ConfigError
+   * naming the domain and file when it cannot be used, with nothing changed),
+   * keeps the pools and health of origins still in use, and closes the others
+   * after their in-flight requests.
    */
-  retain(domains: Iterable<ProxyDomain>): void {
+  retain(domains: Iterable<ProxyDomain>, cas?: OriginCas): void {
     const prepared = new WeakMap<ProxyDomain, readonly OriginTarget[]>();
     const keys = new Set<string>();
     const groups = new Set<string>();
     for (const domain of domains) {
-      const targets = prepareTargets(domain);
+      const targets = prepareTargets(domain, cas);
       prepared.set(domain, targets);
       groups.add(domain.name);
       for (const t of targets) keys.add(t.key);
     }
     this.#targets = prepared;
+    this.#cas = cas;
     this.#configured = keys;
     this.#balancer.retain(keys, groups);
     // A dropped origin's gate goes with it once idle; one its requests still pass stays, for those on their way to it
@@ -301,7 +318,7 @@ const MAX_CA_BYTES = 4 * 1024 * 1024;
 function readCa(domain: ProxyDomain, file: string): string {
   let pem: string;
   try {
-    // Read in the primary on each reload and in each worker: a FIFO or /dev/zero there held its event loop.
+    // Read in the primary on each reload: a FIFO or /dev/zero there held its event loop.
     pem = readSettingFile(file, MAX_CA_BYTES).toString('utf8');
   } catch (err) {
     throw new ConfigError(file, `domains[${domain.name}].originTls.ca`, `cannot read the CA file (${(err as Error).message})`, { cause: err });
@@ -317,16 +334,30 @@ function readCa(domain: ProxyDomain, file: string): string {
 }
 
 /**
- * Checks every domain's origin TLS settings (CA files readable and PEM),
- * throwing the ConfigError `retain` would: the reload path runs it before a
- * routing change reaches any worker.
+ * Reads and checks every domain's origin CA file (readable and PEM), each
+ * once, throwing a ConfigError naming the domain and file when one cannot be
+ * used: the reload path runs it before a routing change reaches any worker,
+ * and sends what it read with the routing table, so that no worker reads the
+ * file again (one deleted or rewritten since would fail a worker's start, for
+ * ever, or its apply of a reload the primary already took).
  */
-export function checkOriginTargets(domains: Iterable<ProxyDomain>): void {
-  for (const domain of domains) prepareTargets(domain);
+export function readOriginCas(domains: Iterable<ProxyDomain>): OriginCas {
+  const cas: Record<string, string> = {};
+  for (const domain of domains) {
+    const file = caFile(domain);
+    if (file !== undefined && !Object.hasOwn(cas, file)) cas[file] = readCa(domain, file);
+  }
+  return cas;
 }
 
-function prepareTargets(domain: ProxyDomain): readonly OriginTarget[] {
-  const ca = domain.originTls.ca === null || !domain.origins.some((o) => o.startsWith('https:')) ? undefined : readCa(domain, domain.originTls.ca);
+/** The CA file `domain`'s https:// origins are verified against; undefined: none (Node's roots, or no https:// origin). */
+function caFile(domain: ProxyDomain): string | undefined {
+  return domain.originTls.ca === null || !domain.origins.some((o) => o.startsWith('https:')) ? undefined : domain.originTls.ca;
+}
+
+function prepareTargets(domain: ProxyDomain, cas: OriginCas | undefined): readonly OriginTarget[] {
+  const file = caFile(domain);
+  const ca = file === undefined ? undefined : cas !== undefined && Object.hasOwn(cas, file) ? cas[file] : readCa(domain, file);
   const caDigest = ca === undefined ? 'default' : createHash('sha256').update(ca).digest('hex');
   return domain.origins.map((origin) => {
     const url = new URL(origin);

@@ -42,15 +42,31 @@ export interface ReloadReport {
   readonly refused: readonly Refusal[];
   readonly warnings: readonly { readonly name: string; readonly message: string }[];
   readonly restartNeeded: readonly string[];
-  /** Why the whole reload was refused (bad config, key server unreachable). */
+  /** Why the whole reload was refused (bad config, key server unreachable), or applied only in part (`partial`). */
   readonly error?: { readonly code: string; readonly message: string };
+  /**
+   * Workers that did not apply this committed reload for a reason of their own, one line each: one that exited
+   * before it answered is replaced, its replacement starting from this generation; one that gave no answer within
+   * `reloadApplyTimeoutMs` serves it once it applies it, or is replaced (by the watchdog, or for failing it). The
+   * reload itself stands: not `partial`, no `error` (which made the admin API answer 409, "refused", and an ACME
+   * renewal count as failed, for a certificate that served).
+   */
+  readonly notApplied?: readonly string[];
   readonly durationMs: number;
+}
+
+/** A worker that did not apply a delta for a reason of its own (it exited, it did not answer in time): see `notApplied`. */
+export interface WorkerNotApplied {
+  readonly notApplied: string;
 }
 
 export interface CoordinatorOptions {
   readonly log: Logger;
-  /** Applies a delta everywhere it must go; resolves with one message per place it failed. */
-  readonly apply: (delta: ServingDelta) => Promise<readonly string[]>;
+  /**
+   * Applies a delta everywhere it must go; resolves with one entry per place it failed: a message when the delta
+   * itself failed there, a WorkerNotApplied when a worker was lost to it.
+   */
+  readonly apply: (delta: ServingDelta) => Promise<readonly (string | WorkerNotApplied)[]>;
   readonly onReport?: (report: ReloadReport, next: NextServing | undefined) => void;
 }
 
@@ -124,13 +140,15 @@ export class ReloadCoordinator {
       this.#options.onReport?.(report, undefined);
       return report;
     }
-    let failures: readonly string[];
+    let outcomes: readonly (string | WorkerNotApplied)[];
     try {
-      failures = await this.#options.apply(next.delta);
+      outcomes = await this.#options.apply(next.delta);
     } catch (err) {
       // Never a rejection: triggers fire and forget, and workers that did not apply are replaced.
-      failures = [(err as Error).message];
+      outcomes = [(err as Error).message];
     }
+    const failures = outcomes.filter((o): o is string => typeof o === 'string');
+    const notApplied = outcomes.filter((o): o is WorkerNotApplied => typeof o !== 'string').map((o) => o.notApplied);
     this.#source.commit(next);
     if (next.unsettled.length > 0) setTimeout(() => void this.reload('watch', next.unsettled), UNSETTLED_RETRY_MS).unref();
     const report: ReloadReport = {
@@ -143,6 +161,7 @@ export class ReloadCoordinator {
       warnings: next.warnings,
       restartNeeded: next.restartNeeded,
       ...(failures.length > 0 ? { error: { code: 'KEYEDGE_ERR_CERTIFICATE', message: failures.join('; ') } } : {}),
+      ...(notApplied.length > 0 ? { notApplied } : {}),
       durationMs: performance.now() - started,
     };
     for (const record of next.delta.upsert) {
@@ -158,6 +177,7 @@ export class ReloadCoordinator {
     for (const warning of next.warnings) log.warn({ certificate: warning.name }, warning.message);
     if (next.restartNeeded.length > 0) log.warn({ settings: next.restartNeeded }, 'these settings changed but take effect only after a restart');
     if (failures.length > 0) log.error({ failures }, 'reload applied only in part');
+    if (notApplied.length > 0) log.warn({ notApplied }, 'reload committed; workers lost to it are replaced from it, or apply it late');
     if (next.delta.upsert.length + next.delta.remove.length > 0 || trigger !== 'rescan') {
       log.info(
         {

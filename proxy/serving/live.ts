@@ -86,7 +86,7 @@ export class LiveServing {
     }
     try {
       // Pools of origins no longer routed to close once their requests finish.
-      pools.retain(delta.routing.domains);
+      pools.retain(delta.routing.domains, delta.routing.originCas);
     } catch (err) {
       discard();
       throw err;

@@ -3,13 +3,13 @@
  * the file read again (when the source reloads it, after the first pass), its
  * domains with a fleet's stored routes added (store/routes.ts), and every
  * restart-only setting kept at its running value (restart-only.ts). Each
- * origin target is checked before anything is validated: a config refused
- * here changes nothing.
+ * origin CA file is read and checked before anything is validated (a config
+ * refused here changes nothing), and its content goes to the workers.
  */
 import path from 'node:path';
 import { loadProxyConfig } from '../../config/load.js';
 import type { ProxyConfig } from '../../config/proxy-schema.js';
-import { checkOriginTargets } from '../http/origins.js';
+import { type OriginCas, readOriginCas } from '../http/origins.js';
 import type { EtcdStore } from '../store/etcd-store.js';
 import { type StoredRoutes, storedRoutes } from '../store/routes.js';
 import { runningSettings } from './restart-only.js';
@@ -24,6 +24,8 @@ export interface PassConfig {
   readonly fileDomains: ProxyConfig['domains'];
   /** A fleet's stored routes, taken and refused; undefined without a fleet. */
   readonly routes: StoredRoutes | undefined;
+  /** The origin CA files of `config.domains` as read and checked now: sent to the workers, which never read them. */
+  readonly originCas: OriginCas;
 }
 
 /**
@@ -48,6 +50,6 @@ export async function passConfig(
     ...runningSettings(running),
     domains: routes === undefined ? fileDomains : [...fileDomains, ...routes.domains],
   });
-  checkOriginTargets(config.domains);
-  return { config, fromFile, fileDomains, routes };
+  const originCas = readOriginCas(config.domains);
+  return { config, fromFile, fileDomains, routes, originCas };
 }

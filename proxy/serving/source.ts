@@ -52,6 +52,8 @@ export class ServingSource {
   /** What this run keeps for the next start: the kept pack, the log of last served versions (next-start.ts). */
   readonly #nextStart: NextStart;
   #fileDomains: ProxyConfig['domains'];
+  /** The origin CA files of the committed routing table, as the pass that made it read them (pass-config.ts). */
+  #originCas: Routing['originCas'];
   readonly #reloadConfig: boolean;
   readonly #onUnverified: ((reason: string, warning: string) => void) | undefined;
   readonly #shared: EtcdStore | undefined;
@@ -130,7 +132,7 @@ export class ServingSource {
    * them; prepare.ts), keeping every other record; ignored on the first pass.
    */
   async next(options: { readonly verify?: boolean; readonly only?: ReadonlySet<string> } = {}): Promise<NextServing> {
-    const { config, fromFile, fileDomains, routes } = await passConfig(this.#config, {
+    const { config, fromFile, fileDomains, routes, originCas } = await passConfig(this.#config, {
       reload: this.#reloadConfig && this.#generation > 0,
       fileDomains: this.#fileDomains,
       shared: this.#shared,
@@ -168,7 +170,7 @@ export class ServingSource {
       const answered = targeted ? [...options.only!, ...this.#config.certificates.map((c) => c.name), ...config.certificates.map((c) => c.name)] : undefined;
       const remove = (answered ?? [...this.#served.records.keys()]).filter((name) => this.#served.records.has(name) && !prepared.records.has(name));
       const upsert = [...prepared.records.values()].filter((r) => this.#served.records.get(r.name) !== r);
-      const routing: Routing = { domains: config.domains, sni: config.sni };
+      const routing: Routing = { domains: config.domains, sni: config.sni, originCas };
       return {
         delta: { generation: this.#generation + 1, routing, upsert, remove },
         config,
@@ -236,6 +238,7 @@ export class ServingSource {
     this.#refusedRoutes = next.refusedRoutes ?? new Set();
     this.#storeDirId = next.storeDirId;
     this.#fileDomains = next.fileDomains;
+    this.#originCas = next.delta.routing.originCas;
     // Restart-only settings keep their running values; routing and certificates move on.
     this.#config = Object.freeze({ ...this.#config, domains: next.config.domains, sni: next.config.sni, certificates: next.config.certificates });
     this.#nextStart.committed(next, records, this.#served.refusals);
@@ -251,7 +254,7 @@ export class ServingSource {
   snapshot(): ServingDelta {
     return {
       generation: this.#generation,
-      routing: { domains: this.#config.domains, sni: this.#config.sni },
+      routing: { domains: this.#config.domains, sni: this.#config.sni, originCas: this.#originCas },
       upsert: [...this.#served.records.values()],
       remove: [],
       whole: true,

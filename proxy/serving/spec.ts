@@ -48,6 +48,12 @@ export interface Refusal {
 export interface Routing {
   readonly domains: ProxyConfig['domains'];
   readonly sni: ProxyConfig['sni'];
+  /**
+   * The domains' origin CA files (path → PEM) as the primary read and checked them for this table: a worker uses these,
+   * never the files (a file deleted or rewritten since failed a replacement worker's start, or its apply of the reload).
+   * Absent: a worker read the files itself (run without a primary).
+   */
+  readonly originCas?: Readonly<Record<string, string>>;
 }
 
 export interface ServingDelta {
