@@ -37,7 +37,7 @@ import { SendStallClock } from './send-stall.js';
 import { tailUnsent, type UnsentTail } from './unsent-tails.js';
 import type { OriginPools, OriginTarget } from './origins.js';
 import { HttpFailure } from './errors.js';
-import { inTurn } from './pipeline-turns.js';
+import { inTurn, pipelined } from './pipeline-turns.js';
 import { whenQueuedClientGone } from './queued.js';
 import type { TrustedPeers } from './trusted-peers.js';
 
@@ -253,6 +253,8 @@ export function forward(pools: OriginPools, domain: ProxyDomain, req: IncomingMe
   if (res.socket === null && req.httpVersionMajor === 1 && req.httpVersionMinor === 0) res.once('socket', () => send(exchange, hasBody));
   // Pipelined HTTP/1.1 requests are forwarded a few at a time (pipeline-turns.ts): an answer queued behind another
   // holds its origin place until its turn to be sent, and one connection held every place of an origin.
+  // Nothing before it on a connection that never pipelined: no turn to wait for, and no closure made (the common path).
+  else if (res.socket !== null && !pipelined(req.socket)) send(exchange, hasBody);
   else if (!inTurn(req.socket, res, pools.admission.maxQueue, () => send(exchange, hasBody)))
     exchange.finish(new HttpFailure('KEYEDGE_HTTP_ORIGIN_BUSY', `${pools.admission.maxQueue} requests pipelined on the connection wait for their turn`));
 }
