@@ -34,9 +34,10 @@ import { bodyUnread, closeAfterAnswer } from './linger.js';
 import { type Carrier, EXCHANGE, type ExchangeOwner, OriginExchange, onAnswerEnd, originTargets } from './origin-exchange.js';
 import { refuseInvalidStatus } from './origin-status.js';
 import { SendStallClock } from './send-stall.js';
+import { tailUnsent, type UnsentTail } from './unsent-tails.js';
 import type { OriginPools, OriginTarget } from './origins.js';
 import { HttpFailure } from './errors.js';
-import { inTurn } from './pipeline-turns.js';
+import { inTurn, pipelined } from './pipeline-turns.js';
 import { whenQueuedClientGone } from './queued.js';
 import type { TrustedPeers } from './trusted-peers.js';
 
@@ -63,7 +64,7 @@ type Answer = ServerResponse & Carrier;
  * One forwarded request: undici's handler (origin-exchange.ts holds what it
  * shares with an HTTP/2 stream's) writing the answer to `res`.
  */
-class Exchange extends OriginExchange<ForwardOptions> {
+class Exchange extends OriginExchange<ForwardOptions> implements UnsentTail {
   readonly req: IncomingMessage;
   readonly res: Answer;
   readonly extra: ExtraHeaders;
@@ -205,13 +206,22 @@ class Exchange extends OriginExchange<ForwardOptions> {
       // Ended with bytes the client has not taken (its socket's own buffer holds some, the kernel's being full), or
       // queued behind another answer: it holds the connection, and every answer pipelined behind it, until its
       // 'finish', which a client that reads nothing never brings, and no 'drain' comes for an ended answer. The send
-      // clock runs until its 'close' (send-stall.ts), as nginx's send_timeout bounds its last writes.
+      // clock runs until its 'close' (send-stall.ts), as nginx's send_timeout bounds its last writes; started only if
+      // they are still unsent a period later (unsent-tails.ts: over TLS nearly every answer ends with bytes in flight).
       if (!res.writableFinished && (res.socket === null || res.socket.writableLength > 0)) {
-        this.stall ??= new SendStallClock(res, this.pools.sendTimeoutMs);
-        this.stall.waiting();
+        this.tailPending = true;
+        tailUnsent(this);
       }
     }
     this.settle(undefined);
+  }
+
+  tailStuck(): void {
+    this.tailPending = false;
+    const { res } = this;
+    if (res.destroyed || res.writableFinished) return;
+    this.stall ??= new SendStallClock(res, this.pools.sendTimeoutMs);
+    this.stall.waiting();
   }
 }
 
@@ -243,6 +253,8 @@ export function forward(pools: OriginPools, domain: ProxyDomain, req: IncomingMe
   if (res.socket === null && req.httpVersionMajor === 1 && req.httpVersionMinor === 0) res.once('socket', () => send(exchange, hasBody));
   // Pipelined HTTP/1.1 requests are forwarded a few at a time (pipeline-turns.ts): an answer queued behind another
   // holds its origin place until its turn to be sent, and one connection held every place of an origin.
+  // Nothing before it on a connection that never pipelined: no turn to wait for, and no closure made (the common path).
+  else if (res.socket !== null && !pipelined(req.socket)) send(exchange, hasBody);
   else if (!inTurn(req.socket, res, pools.admission.maxQueue, () => send(exchange, hasBody)))
     exchange.finish(new HttpFailure('KEYEDGE_HTTP_ORIGIN_BUSY', `${pools.admission.maxQueue} requests pipelined on the connection wait for their turn`));
 }

@@ -49,6 +49,7 @@ import { keptAlive, mayResend, mayRetry, originFailure } from './origin-failure.
 import type { OriginGate } from './origin-gate.js';
 import { type OriginPools, type OriginTarget, requestServername } from './origins.js';
 import { SendStallClock } from './send-stall.js';
+import { tailGone } from './unsent-tails.js';
 
 /** Where an answer (or an HTTP/2 stream) keeps its exchange, for the module-level listeners below. */
 export const EXCHANGE = Symbol('keyedge.exchange');
@@ -104,6 +105,8 @@ export abstract class OriginExchange<Owner extends ExchangeOwner = ExchangeOwner
   stall: SendStallClock | undefined = undefined;
   /** A 'drain' came while the client's socket still needed one (onAnswerDrain): the socket's own is awaited. */
   awaitsSocketDrain = false;
+  /** Ended with bytes unsent, in unsent-tails.ts's sets until its 'close' (HTTP/1.1 answers, forward.ts). */
+  tailPending = false;
 
   constructor(pools: OriginPools, owner: Owner, targets: readonly OriginTarget[], method: string) {
     this.pools = pools;
@@ -311,6 +314,10 @@ export function onAnswerEnd(this: Carrier): void {
   const exchange = this[EXCHANGE];
   if (exchange === undefined) return;
   exchange.stall?.stop();
+  if (exchange.tailPending) {
+    exchange.tailPending = false;
+    tailGone(exchange);
+  }
   exchange.clientLeft();
 }
 

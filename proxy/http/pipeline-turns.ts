@@ -17,9 +17,10 @@
  * whole, a few hundred small requests, so pausing the connection here
  * would not bound them either: measured, it changed nothing.)
  *
- * Cost: nothing for a request that holds its connection with none pipelined
- * behind it (no entry, no listener); a connection that pipelines gets one
- * entry, and each of its requests one 'close' listener.
+ * Cost: nothing for a request that holds its connection on one that never
+ * pipelined (`pipelined` asked first: no entry, no listener, no closure); a
+ * connection that pipelines gets one entry, and each of its requests one
+ * 'close' listener.
  */
 import type { ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
@@ -34,6 +35,11 @@ interface Turns {
 }
 
 const turns = new WeakMap<Duplex, Turns>();
+
+/** Whether a request on `socket` may wait its turn: the connection pipelined before (it has an entry). */
+export function pipelined(socket: Duplex): boolean {
+  return turns.has(socket);
+}
 
 /**
  * Calls `start` for the request on `socket` whose answer is `res`, at once or

@@ -10,8 +10,9 @@
  * "Had more to send" is the answer refusing a chunk (`res.write` returned
  * false, forward.ts and http2/exchange.ts then pause the origin; an HTTP/2
  * stream stands in for the answer there); progress is the answer's
- * 'drain'. The clock exists only once an answer meets backpressure, which
- * most never do: a GET whose answer fits in the socket buffers costs nothing
+ * 'drain'. The clock exists only once an answer meets backpressure, or
+ * ends with bytes still unsent a period later (unsent-tails.ts), which most
+ * never do: a GET whose answer fits in the socket buffers costs nothing
  * here.
  */
 import type { ServerResponse } from 'node:http';
