@@ -2,6 +2,7 @@ import { describe, expect, it } from 'vitest';
 import type { EtcdStore } from '../proxy/store/etcd-store.js';
 import { etcdStoresForFile } from './helpers/etcd-stores.js';
 import { captureLog } from './helpers/keyserver.js';
+import { waitFor } from './helpers/proxy-cluster.js';
 
 // The fleet store against a real three-member etcd, one member stalled (SIGSTOP: a long GC pause, a stalled disk, a
 // member cut off) while the two others keep a quorum: the node must neither say etcd is away nor fall behind.
@@ -56,4 +57,60 @@ describe('one member of three stalled, not the one carrying the watch', () => {
     expect(refused).toEqual([]);
     expect(written).toBeGreaterThan(5);
   }, 60_000);
+});
+
+describe('the member carrying the watch stalled', () => {
+  it('does not hold the node back: changes written meanwhile through the other members reach its mirror within seconds', async () => {
+    const logs = captureLog('info');
+    const node = await lab().store('/m/watch-stalled/', 'watch-stalled', [], lab().client(), { log: logs.logger });
+    await sleep(500);
+    const watching = watchMember(node);
+    expect(watching).toBeGreaterThanOrEqual(0);
+    const member = lab().etcd.members[watching]!;
+    // Another node's writes, or an operator's: the two members that still make a quorum take them.
+    const writer = lab().client();
+    const lags: number[] = [];
+    member.stall();
+    try {
+      const started = Date.now();
+      // A write every half second for twelve seconds; each waited for (up to 6 s) until the mirror holds it.
+      for (let i = 0; Date.now() - started < 12_000; i++) {
+        const key = `routes/w${i}`;
+        await waitFor('a write through the members that answer', () =>
+          writer
+            .put(`/m/watch-stalled/${key}`)
+            .value('v')
+            .exec()
+            .then(
+              () => true,
+              () => undefined,
+            ),
+        );
+        const written = Date.now();
+        while (node.item(key) === undefined && Date.now() - written < 6_000) await sleep(20);
+        lags.push(node.item(key) === undefined ? Number.POSITIVE_INFINITY : Date.now() - written);
+        await sleep(500);
+      }
+    } finally {
+      member.resume();
+    }
+    console.log(`the watch's member stalled: each write reached the mirror after ${lags.join(', ')} ms`);
+    // Before: the watch stayed on the stalled member (its cancel never answered, the next watch put on the same stream),
+    // and the node said it was up: writes reached its mirror seconds late, or not while the member stalled. Now the
+    // watch is moved within a few probes of the first write it missed; the writes after that arrive at once.
+    const late = lags.filter((lag) => lag > 3_000).length;
+    expect(late).toBeLessThanOrEqual(2);
+    expect(lags.at(-1)).toBeLessThan(3_000);
+    expect(logs.find(/following it again on another member/).length).toBeGreaterThan(0);
+    expect(logs.find(/unreachable/)).toEqual([]);
+  }, 90_000);
+
+  it('is not taken for stalled when etcd moves on for writes under another prefix: the watch is moved once, not at every probe', async () => {
+    const logs = captureLog('info');
+    await lab().store('/m/quiet/', 'quiet', [], lab().client(), { log: logs.logger });
+    // Another fleet on the same cluster: its write moves etcd's revision, and this node's watch has nothing to show.
+    await lab().client().put('/m/neighbour/routes/x').value('v').exec();
+    await sleep(6_000);
+    expect(logs.find(/following it again on another member/).length).toBeLessThanOrEqual(1);
+  }, 30_000);
 });
