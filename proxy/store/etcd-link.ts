@@ -6,7 +6,9 @@
  * (the start, a lost watch), reads the prefix whole and follows it anew from
  * that snapshot's revision (prefix-watch.ts): the node converges within a
  * probe period or two, and nothing between the snapshot and the watch is
- * lost.
+ * lost. A watch that shows nothing of what etcd did a probe period before
+ * (its member stalled or cut off: probes answered by the others find etcd up)
+ * is moved to another member, from the mirror's revision (`#checkWatch`).
  *
  * A snapshot older than the revision this node has already served (the
  * mirror's floor, kept across restarts in cache.ts's file) is refused: an etcd
@@ -53,6 +55,8 @@ export class EtcdLink {
   #since = Date.now();
   #stale = true;
   #probing = false;
+  /** The revision the last probe found etcd at, while the watch had not shown it yet. */
+  #ahead: number | undefined;
   #closed = false;
   #probeTimer: NodeJS.Timeout | undefined;
 
@@ -92,7 +96,10 @@ export class EtcdLink {
     this.#probing = true;
     try {
       if (this.#stale) await this.#resync();
-      else await etcdCall('answer a probe', this.#options.timeoutMs, () => this.#client.get(this.#options.prefix + TICKETS).exec());
+      else {
+        const answer = await etcdCall('answer a probe', this.#options.timeoutMs, () => this.#client.get(this.#options.prefix + TICKETS).exec());
+        this.#checkWatch(Number(answer.header.revision));
+      }
       this.#setUp(undefined);
     } catch (err) {
       this.#stale = true;
@@ -101,6 +108,34 @@ export class EtcdLink {
     } finally {
       this.#probing = false;
     }
+  }
+
+  /**
+   * A watch whose member stalled or was cut off from its quorum delivers
+   * nothing, and etcd3 keeps it there (watch-stream.ts), while the probes,
+   * sent to members that answer, find etcd up: the node said it was up and
+   * served changes 1.3-8 s late, or not until the member ran again. etcd was
+   * at `revision` when it answered this probe; the watch must have shown the
+   * revision the previous probe saw by now, a probe period later (it shows
+   * each change within milliseconds, and its creation's revision when it is
+   * started or moved). When it has not, it is moved to another member from
+   * the mirror's revision. A write under another prefix of the same cluster
+   * moves the revision too, and the watch, which has nothing to show for it,
+   * is moved once as well (a new stream and a watch on it, nothing read).
+   */
+  #checkWatch(revision: number): void {
+    const previous = this.#ahead;
+    if (previous !== undefined && this.#watch.shown < previous) {
+      this.#ahead = undefined;
+      const shown = this.#watch.shown;
+      const left = this.#watch.move(this.#mirror.revision);
+      this.#options.log.info(
+        { member: left ?? null, watchRevision: shown, etcdRevision: previous },
+        "the fleet's watch on etcd showed nothing etcd had done a probe period before: following it again on another member",
+      );
+      return;
+    }
+    this.#ahead = revision > this.#watch.shown ? revision : undefined;
   }
 
   async #resync(): Promise<void> {
@@ -116,6 +151,7 @@ export class EtcdLink {
       );
     }
     this.#watch.follow(revision);
+    this.#ahead = undefined;
     this.#stale = false;
     // Events come no sooner than the next turn: the snapshot is in place first.
     this.#mirror.replace(

@@ -88,6 +88,12 @@ class MemberBreaker implements HostPolicy {
     }
   }
 
+  /** Skipped for SKIP_MS as if its calls had failed: the member carrying a watch stream that showed nothing etcd had done (watch-stream.ts). */
+  skip(): void {
+    this.#failures = FAILURES_TO_SKIP;
+    this.#skipUntil = performance.now() + SKIP_MS;
+  }
+
   #skipped(now: number): boolean {
     return now < this.#skipUntil;
   }

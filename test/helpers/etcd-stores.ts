@@ -1,5 +1,5 @@
 /**
- * The fleet store's parts on one real etcd member (helpers/etcd.ts), for a
+ * The fleet store's parts on a real etcd (helpers/etcd.ts; one member unless asked), for a
  * test file: etcd clients and store mirrors made on it, their cache files
  * under its temp dir, all closed by `close()`. `etcdStoresForFile` is the
  * whole fixture: the member started before the file's tests, everything on
@@ -31,9 +31,10 @@ export class EtcdStores {
     this.log = createLogger('etcd-stores-test', 'silent', process.stderr);
   }
 
-  static async start(clientPrefix: string, timeoutMs: number): Promise<EtcdStores> {
+  /** `members`: the cluster's size (one unless a test is about quorum or a member lost among others). */
+  static async start(clientPrefix: string, timeoutMs: number, members = 1): Promise<EtcdStores> {
     const dir = tempDir('keyedge-etcd-stores-');
-    return new EtcdStores(dir, await startEtcdCluster(dir, 1), clientPrefix, timeoutMs);
+    return new EtcdStores(dir, await startEtcdCluster(dir, members), clientPrefix, timeoutMs);
   }
 
   /** An etcd client as the fleet makes it (etcd-client.ts); `timeoutMs`: its calls' deadline (default: the file's). */
@@ -78,10 +79,10 @@ export class EtcdStores {
 }
 
 /** Registers the calling test file's etcd member (started before its tests, closed after them); the getter is valid inside tests. */
-export function etcdStoresForFile(clientPrefix: string, timeoutMs: number): () => EtcdStores {
+export function etcdStoresForFile(clientPrefix: string, timeoutMs: number, members = 1): () => EtcdStores {
   let lab: EtcdStores | undefined;
   beforeAll(async () => {
-    lab = await EtcdStores.start(clientPrefix, timeoutMs);
+    lab = await EtcdStores.start(clientPrefix, timeoutMs, members);
   }, 60_000);
   afterAll(async () => {
     await lab?.close();
