@@ -59,7 +59,10 @@ describe('origin CA files', () => {
     });
     const reload = await proxy.admin('POST', '/reload');
     expect(reload.status, reload.text).toBe(200);
-    expect(await get('secure.lab.test')).toEqual({ status: 200, body: 'from the https origin' });
+    const first = await get('secure.lab.test').catch((err: Error) => {
+      throw new Error(`${err.message} after the reload ${reload.text}; the proxy said: ${JSON.stringify(proxy.lines.slice(-8))}`);
+    });
+    expect(first).toEqual({ status: 200, body: 'from the https origin' });
     // The file goes (an operator's cleanup, a secret unmounted): what serves was checked and keeps serving.
     rmSync(originCaFile);
     const [victim] = clusterWorkerPids(proxy.pid);
