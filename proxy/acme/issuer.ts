@@ -70,6 +70,16 @@ export function readCaBundle(config: Pick<AcmeConfig, 'caBundle'>): string | und
   return config.caBundle === null ? undefined : readAcmeFile(config.caBundle, 'acme.caBundle', MAX_CA_BUNDLE_BYTES);
 }
 
+/** Stores an issued chain for entry `name` (IssuerDeps.store, AcmeDeps.store). */
+export type StoreChain = (
+  name: string,
+  chainPem: string,
+  keyId: string,
+  domains: readonly string[],
+  lock?: HeldLock,
+  options?: { readonly newEntry?: boolean },
+) => Promise<void>;
+
 export interface IssuerDeps {
   readonly config: AcmeConfig;
   readonly state: IssuerStateStore;
@@ -81,14 +91,7 @@ export interface IssuerDeps {
    * Validates and swaps in the chain for store entry `name`, pinned to `keyId`, fenced by `lock` in a fleet; rejects (store
    * unchanged) when refused. `newEntry`: written only as a new entry, refused when the store has one of that name.
    */
-  readonly store: (
-    name: string,
-    chainPem: string,
-    keyId: string,
-    domains: readonly string[],
-    lock?: HeldLock,
-    options?: { readonly newEntry?: boolean },
-  ) => Promise<void>;
+  readonly store: StoreChain;
   /**
    * Throws when `store` would refuse entry `name` whatever its chain (another tool's link, KEYEDGE_ERR_CERT_LINKED):
    * asked before a key is made or an order placed, so a renewal the store cannot take spends none of the CA's limits.

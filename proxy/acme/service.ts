@@ -24,7 +24,7 @@ import { maskedUrl } from '../masked-url.js';
 import { registerAcmeMetrics } from '../metrics.js';
 import { type BoardMessage, ChallengeBoard } from './challenges.js';
 import { AcmeClient } from './client.js';
-import { AcmeIssuer, readCaBundle } from './issuer.js';
+import { AcmeIssuer, readCaBundle, type StoreChain } from './issuer.js';
 import { CertificateManager } from './maintain.js';
 import { OnDemandGate } from './on-demand.js';
 import { FleetChallenges } from './fleet-challenges.js';
@@ -33,7 +33,6 @@ import { fleetLocks } from './issuance-locks.js';
 import { SharedIssuerState } from './shared-state.js';
 import { type IssuerStateStore, StateFile } from './state.js';
 import type { EtcdStore } from '../store/etcd-store.js';
-import type { HeldLock } from '../store/lock.js';
 import { cliTokenKeys, type TokenKeys } from './token-keys.js';
 import type { CertificateRecord } from '../serving/spec.js';
 
@@ -47,14 +46,7 @@ export interface AcmeDeps {
   /** Whether the store or the config has an entry of that name, serving or refused (maintain.ts ManagerDeps.stored). */
   readonly stored?: (name: string) => boolean;
   /** Validates and stores the chain (fenced by `lock` in a fleet), then reloads every worker; rejects when refused or not applied. */
-  readonly store: (
-    name: string,
-    chainPem: string,
-    keyId: string,
-    domains: readonly string[],
-    lock?: HeldLock,
-    options?: { readonly newEntry?: boolean },
-  ) => Promise<void>;
+  readonly store: StoreChain;
   /** See IssuerDeps. */
   readonly assertStorable?: (name: string) => void;
   /** Sends the board to every worker; resolves once each acknowledged it. */
