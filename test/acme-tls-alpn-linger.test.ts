@@ -4,14 +4,11 @@ import { Duplex } from 'node:stream';
 import tls from 'node:tls';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { KeyserverClient } from '../keyserver/client/client.js';
-import { Algorithm } from '../keyserver/protocol/constants.js';
-import { createAlpnChallengeCertWith } from '../keyserver/shared/alpn-cert.js';
-import { csrKeyOfSpki } from '../keyserver/shared/csr.js';
 import { createLogger } from '../keyserver/shared/log.js';
 import { ChallengeAnswers, ChallengeBoard } from '../proxy/acme/challenges.js';
-import { ecdsaDerToRaw } from '../proxy/acme/jws.js';
 import { ACME_LINGER_MS } from '../proxy/acme/tls-alpn.js';
 import { startProxyWorker } from '../proxy/worker.js';
+import { publishAlpnChallenge } from './helpers/alpn-challenge.js';
 import { nodeGet } from './helpers/clients.js';
 import { ecAndRsaServing, type KeylessLab, startKeylessLab } from './helpers/proxy-lab.js';
 
@@ -69,19 +66,7 @@ describe('an acme-tls/1 client that completes its handshake and then holds the c
     const client = await KeyserverClient.connect({ unixPath: lab.socket });
     const held: net.Socket[] = [];
     try {
-      const key = lab.keys.ec;
-      const keyAuthorization = 'evaGxfADs6pSRb2LAv9IZf17Dt3juxGJ-PCt92wr-oA.9jg46WB3rR_AHD-EBXdN7cBkH1WOu0tA3M9fm21mqTI';
-      const certificate = await createAlpnChallengeCertWith(csrKeyOfSpki(key.spki), 'new.lab.test', keyAuthorization, async (_hash, digest) =>
-        ecdsaDerToRaw(await client.sign(key.keyId, Algorithm.ECDSA_SHA256, digest), 32),
-      );
-      await board.add({
-        kind: 'tls-alpn-01',
-        token: 'evaGxfADs6pSRb2LAv9IZf17Dt3juxGJ-PCt92wr-oA',
-        name: 'new.lab.test',
-        certificatePem: certificate.toString('pem'),
-        keyId: key.keyId,
-        spki: key.spki.toString('base64'),
-      });
+      await publishAlpnChallenge(board, lab, client, 'new.lab.test');
       const port = worker.ports[0]!;
       const ca = readFileSync(lab.caFile, 'utf8');
       for (let i = 0; i < perClient; i++) {

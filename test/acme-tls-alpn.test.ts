@@ -4,14 +4,12 @@ import tls from 'node:tls';
 import { AsnConvert, OctetString } from '@peculiar/asn1-schema';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { KeyserverClient } from '../keyserver/client/client.js';
-import { Algorithm } from '../keyserver/protocol/constants.js';
-import { ACME_IDENTIFIER_OID, createAlpnChallengeCertWith } from '../keyserver/shared/alpn-cert.js';
-import { csrKeyOfSpki } from '../keyserver/shared/csr.js';
+import { ACME_IDENTIFIER_OID } from '../keyserver/shared/alpn-cert.js';
 import { createLogger } from '../keyserver/shared/log.js';
 import * as x509 from '../keyserver/shared/x509.js';
 import { ChallengeAnswers, ChallengeBoard } from '../proxy/acme/challenges.js';
-import { ecdsaDerToRaw } from '../proxy/acme/jws.js';
 import { startProxyWorker } from '../proxy/worker.js';
+import { ALPN_KEY_AUTHORIZATION, publishAlpnChallenge } from './helpers/alpn-challenge.js';
 import { curl } from './helpers/clients.js';
 import { type AcmeLab, type Pebble, startAcmeLab } from './helpers/pebble.js';
 import { type ClusterProxy, startClusterProxy, storeProxyConfig } from './helpers/proxy-cluster.js';
@@ -152,19 +150,8 @@ describe('the workers\u2019 acme-tls/1 answer (RFC 8737 §3), through the keyles
     );
     const client = await KeyserverClient.connect({ unixPath: lab.socket });
     try {
-      const key = lab.keys.ec;
-      const keyAuthorization = 'evaGxfADs6pSRb2LAv9IZf17Dt3juxGJ-PCt92wr-oA.9jg46WB3rR_AHD-EBXdN7cBkH1WOu0tA3M9fm21mqTI';
-      const certificate = await createAlpnChallengeCertWith(csrKeyOfSpki(key.spki), 'new.lab.test', keyAuthorization, async (_hash, digest) =>
-        ecdsaDerToRaw(await client.sign(key.keyId, Algorithm.ECDSA_SHA256, digest), 32),
-      );
-      await board.add({
-        kind: 'tls-alpn-01',
-        token: 'evaGxfADs6pSRb2LAv9IZf17Dt3juxGJ-PCt92wr-oA',
-        name: 'new.lab.test',
-        certificatePem: certificate.toString('pem'),
-        keyId: key.keyId,
-        spki: key.spki.toString('base64'),
-      });
+      const keyAuthorization = ALPN_KEY_AUTHORIZATION;
+      await publishAlpnChallenge(board, lab, client, 'new.lab.test');
       const port = worker.ports[0]!;
 
       const answered = await alpnHandshake(port, 'new.lab.test', ['acme-tls/1']);
@@ -177,7 +164,7 @@ describe('the workers\u2019 acme-tls/1 answer (RFC 8737 §3), through the keyles
       const expected = AsnConvert.serialize(new OctetString(createHash('sha256').update(keyAuthorization).digest()));
       expect(Buffer.from(identifier!.value)).toEqual(Buffer.from(expected));
       expect(await served.verify({ signatureOnly: true })).toBe(true);
-      expect(Buffer.from(served.publicKey.rawData)).toEqual(key.spki);
+      expect(Buffer.from(served.publicKey.rawData)).toEqual(lab.keys.ec.spki);
 
       // Not an HTTP-01 answer; without acme-tls/1 the name is unknown (refused); another name gets no challenge certificate.
       expect(answers.answer('new.lab.test', '/.well-known/acme-challenge/evaGxfADs6pSRb2LAv9IZf17Dt3juxGJ-PCt92wr-oA')).toBeUndefined();
