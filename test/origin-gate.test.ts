@@ -1,8 +1,10 @@
+import { EventEmitter } from 'node:events';
 import { describe, expect, it } from 'vitest';
 import { OriginBusyError, OriginGate } from '../proxy/http/origin-gate.js';
 
 // The per-origin admission rules, on the gate itself: connections, a bounded
-// queue with a bounded wait, and streamed uploads held to half the connections.
+// queue with a bounded wait, streamed uploads held to half the connections, and
+// each client to half the connections and half the queue.
 describe('origin gate', () => {
   it('admits up to its connections at once, queues up to its bound, refuses the rest', async () => {
     const gate = new OriginGate(2, 1, 10_000);
@@ -41,5 +43,64 @@ describe('origin gate', () => {
     gate.leave(true);
     await expect(third).resolves.toBeUndefined();
     expect(gate.load).toEqual({ active: 3, uploads: 2, waiting: 0 });
+  });
+
+  it('holds one client to half the places: its next request waits, another client still gets in', async () => {
+    const gate = new OriginGate(4, 10, 10_000);
+    expect(gate.tryEnter(false, 'a')).toBe(true);
+    expect(gate.enter(false, undefined, 'a')).toBe(true);
+    expect(gate.tryEnter(false, 'a')).toBe(false);
+    const third = gate.enter(false, undefined, 'a');
+    expect(third).toBeInstanceOf(Promise);
+    // Another client, and a request that counts as no client (a trusted proxy's), pass the waiting one.
+    expect(gate.enter(false, undefined, 'b')).toBe(true);
+    expect(gate.load).toEqual({ active: 3, uploads: 0, waiting: 1 });
+    expect(gate.clientLoad('a')).toEqual({ held: 2, waiting: 1 });
+    // A place freed by another client is not the waiting client's: it still holds its share.
+    gate.leave(false, 'b');
+    expect(gate.load.waiting).toBe(1);
+    expect(gate.enter(false)).toBe(true);
+    // One of its own comes free: its waiting request takes it.
+    gate.leave(false, 'a');
+    await expect(third).resolves.toBeUndefined();
+    expect(gate.clientLoad('a')).toEqual({ held: 2, waiting: 0 });
+    gate.leave(false, 'a');
+    gate.leave(false, 'a');
+    gate.leave(false);
+    expect(gate.load).toEqual({ active: 0, uploads: 0, waiting: 0 });
+    expect(gate.clientLoad('a')).toEqual({ held: 0, waiting: 0 });
+  });
+
+  it("admits a client's waiting request before another's when only its place is free, in queue order otherwise", async () => {
+    const gate = new OriginGate(2, 10, 10_000);
+    expect(gate.enter(false, undefined, 'a')).toBe(true);
+    expect(gate.enter(false, undefined, 'b')).toBe(true);
+    const order: string[] = [];
+    const a = (gate.enter(false, undefined, 'a') as Promise<void>).then(() => order.push('a'));
+    const b = (gate.enter(false, undefined, 'b') as Promise<void>).then(() => order.push('b'));
+    // b's place comes free: a, first in the queue, holds its share (1 of 2) and waits on.
+    gate.leave(false, 'b');
+    await b;
+    expect(order).toEqual(['b']);
+    gate.leave(false, 'a');
+    await a;
+    expect(order).toEqual(['b', 'a']);
+  });
+
+  it('lets one client have at most half the queue waiting, and forgets its waits as they end', async () => {
+    const gate = new OriginGate(2, 4, 50);
+    expect(gate.enter(false, undefined, 'a')).toBe(true);
+    const waits = [gate.enter(false, undefined, 'a'), gate.enter(false, undefined, 'a')];
+    await expect(gate.enter(false, undefined, 'a')).rejects.toBeInstanceOf(OriginBusyError);
+    // Another client gets the free place: a's waits are for a share of its own.
+    expect(gate.enter(false, undefined, 'b')).toBe(true);
+    for (const wait of waits) await expect(wait).rejects.toMatchObject({ code: 'KEYEDGE_HTTP_ORIGIN_BUSY' });
+    expect(gate.clientLoad('a')).toEqual({ held: 1, waiting: 0 });
+    // A client that left while waiting gives up its wait.
+    const abandon = new EventEmitter();
+    const left = gate.enter(false, abandon, 'a') as Promise<void>;
+    abandon.emit('abort');
+    await expect(left).rejects.toMatchObject({ code: 'ECONNRESET' });
+    expect(gate.clientLoad('a')).toEqual({ held: 1, waiting: 0 });
   });
 });

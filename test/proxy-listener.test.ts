@@ -86,6 +86,7 @@ describe('ALPN dispatch', () => {
       serverName: 'a.wild.lab.test',
       certificateNames: ['ec.lab.test', '*.wild.lab.test'],
       offeredProtocols: ['h2', 'http/1.1'],
+      client: '127.0.0.1',
     });
     expect(taken[0]!.certificate?.name).toBe('ec');
     expect((await nodeGet(port, 'ec.lab.test', ca, { ALPNProtocols: ['http/1.1'] })).ok).toBe(true);

@@ -149,12 +149,17 @@ describe('tunnels under limits.originMaxConnections', () => {
 
   it('leaves requests their half: a request is answered at once while tunnels hold all the places tunnels may take', async () => {
     const tunnels = [await tunnel(), await tunnel()];
+    // From another client: the tunnels' client holds its own share of the places (half) with them (origin-gate.ts).
+    const from = { localAddress: '127.0.0.2' };
     const answer = new Promise<number>((resolve, reject) =>
       https
-        .get({ host: '127.0.0.1', port: proxy.ports[0], servername: 'ws.lab.test', ca, path: '/', agent: false, headers: { host: 'ws.lab.test' } }, (res) => {
-          res.resume();
-          resolve(res.statusCode ?? 0);
-        })
+        .get(
+          { host: '127.0.0.1', port: proxy.ports[0], servername: 'ws.lab.test', ca, path: '/', agent: false, headers: { host: 'ws.lab.test' }, ...from },
+          (res) => {
+            res.resume();
+            resolve(res.statusCode ?? 0);
+          },
+        )
         .on('error', reject),
     );
     expect(await within(MARGIN_MS, 'the request beside two tunnels', answer)).toBe(200);

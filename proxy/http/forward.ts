@@ -40,6 +40,7 @@ import { HttpFailure } from './errors.js';
 import { inTurn, pipelined } from './pipeline-turns.js';
 import { whenQueuedClientGone } from './queued.js';
 import type { TrustedPeers } from './trusted-peers.js';
+import { connectionOf } from '../tls/connection.js';
 
 export { endToEndHeaders, originRequestHeaders } from './forward-headers.js';
 export { mayRetry, type OriginFailure, originFailure } from './origin-failure.js';
@@ -73,7 +74,7 @@ class Exchange extends OriginExchange<ForwardOptions> implements UnsentTail {
   noContent = false;
 
   constructor(pools: OriginPools, req: IncomingMessage, res: Answer, options: ForwardOptions, targets: readonly OriginTarget[], method: string) {
-    super(pools, options, targets, method);
+    super(pools, options, targets, method, connectionOf(req.socket)?.client);
     this.req = req;
     this.res = res;
     this.extra = extraHeaders(options.extraHeaders);

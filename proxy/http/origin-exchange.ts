@@ -80,6 +80,8 @@ export abstract class OriginExchange<Owner extends ExchangeOwner = ExchangeOwner
   readonly targets: readonly OriginTarget[];
   /** The request's method, for the retry rule. */
   readonly method: string;
+  /** Who the request counts as at the origin's gate (its share of the places, origin-gate.ts); undefined: no share. */
+  readonly client: string | undefined;
   body: RequestBody | null = null;
   upload = false;
   /** Attempts made before the one in flight. */
@@ -108,11 +110,12 @@ export abstract class OriginExchange<Owner extends ExchangeOwner = ExchangeOwner
   /** Ended with bytes unsent, in unsent-tails.ts's sets until its 'close' (HTTP/1.1 answers, forward.ts). */
   tailPending = false;
 
-  constructor(pools: OriginPools, owner: Owner, targets: readonly OriginTarget[], method: string) {
+  constructor(pools: OriginPools, owner: Owner, targets: readonly OriginTarget[], method: string, client: string | undefined) {
     this.pools = pools;
     this.owner = owner;
     this.targets = targets;
     this.method = method;
+    this.client = client;
   }
 
   /** Whether the answer's head went to the client (a failure after it cannot become a 502). */
@@ -131,9 +134,9 @@ export abstract class OriginExchange<Owner extends ExchangeOwner = ExchangeOwner
       if (target === undefined) throw new Error('no origin configured');
       this.owner.onOrigin(target.url.origin);
       const gate = this.pools.gate(target);
-      if (gate.tryEnter(this.upload)) return this.dispatch(target, gate);
+      if (gate.tryEnter(this.upload, this.client)) return this.dispatch(target, gate);
       this.abandon ??= new EventEmitter();
-      waitAdmitted(gate.enter(this.upload, this.abandon), gate, this).then(
+      waitAdmitted(gate.enter(this.upload, this.abandon, this.client), gate, this).then(
         () => this.dispatch(target, gate),
         (err: Error) => {
           // Nothing was sent: a busy origin's request may go to the next one whatever its method.
@@ -152,7 +155,7 @@ export abstract class OriginExchange<Owner extends ExchangeOwner = ExchangeOwner
   dispatch(target: OriginTarget, gate: OriginGate): void {
     // Gone while the body was read or a place awaited: nothing is sent.
     if (this.clientGone) {
-      gate.leave(this.upload);
+      gate.leave(this.upload, this.client);
       return this.finish(new ClientGone('the client left before its request was sent'));
     }
     this.gate = gate;
@@ -228,7 +231,7 @@ export abstract class OriginExchange<Owner extends ExchangeOwner = ExchangeOwner
     this.abortOrigin = undefined;
     // undici's resume restarts the connection's parser, which may be carrying another request by now.
     this.resumeOrigin = undefined;
-    gate?.leave(this.upload);
+    gate?.leave(this.upload, this.client);
   }
 
   /**
@@ -305,7 +308,7 @@ async function waitAdmitted(entered: true | Promise<void>, gate: OriginGate, exc
   await entered;
   const failed = exchange.upload ? (exchange.body as Readable).errored : null;
   if (failed === null && !exchange.clientGone) return;
-  gate.leave(exchange.upload);
+  gate.leave(exchange.upload, exchange.client);
   throw failed ?? new ClientGone('the client left while its request waited for an origin connection');
 }
 

@@ -12,9 +12,22 @@
  * upload going for as long as the body timeouts allow, a tunnel for as long
  * as it carries a byte now and then, and the other half stays for everyone else.
  *
+ * Per client, the same half: one client (`client`, its address as
+ * limits.maxConnectionsPerClient counts it, tls/connection-limits.ts) holds at
+ * most half the places, and at most half the queue waits for it. A client
+ * that reads nothing of its answers holds each place until
+ * limits.sendTimeoutMs (answers are relayed, not buffered): with 128 HTTP/2
+ * streams, or 16 connections of 4 pipelined requests, it held every place
+ * of the origin for a minute at a time, and every other client of the origin
+ * got 503. Its requests past its share wait (a browser's burst of streams is
+ * served as its own requests end); the other half stays for everyone else.
+ * A request without a client (a trusted proxy's, which carries many; or no
+ * per-client cap configured) has no share.
+ *
  * Invariant: no waiter could be admitted (each `leave` admits whoever fits),
  * so a request that fits now goes ahead of waiters without unfairness: those
- * are waiting for an upload slot it does not need. Single-threaded.
+ * are waiting for an upload slot or a share of their own it does not need.
+ * Single-threaded.
  */
 
 import type { EventEmitter } from 'node:events';
@@ -29,6 +42,7 @@ export class OriginBusyError extends Error {
 
 interface Waiter {
   readonly upload: boolean;
+  readonly client: string | undefined;
   readonly admitted: () => void;
   readonly timer: NodeJS.Timeout;
 }
@@ -38,15 +52,23 @@ export class OriginGate {
   readonly maxQueue: number;
   readonly waitMs: number;
   readonly #maxUploads: number;
+  /** Places one client may hold, and requests of one client that may wait. */
+  readonly #clientShare: number;
+  readonly #clientQueue: number;
   #active = 0;
   #uploads = 0;
   readonly #waiting: Waiter[] = [];
+  /** Places held, and requests waiting, per client: an entry only while it is not 0. */
+  readonly #held = new Map<string, number>();
+  readonly #queued = new Map<string, number>();
 
   constructor(connections: number, maxQueue: number, waitMs: number) {
     this.connections = connections;
     this.maxQueue = maxQueue;
     this.waitMs = waitMs;
     this.#maxUploads = Math.max(1, Math.floor(connections / 2));
+    this.#clientShare = Math.max(1, Math.floor(connections / 2));
+    this.#clientQueue = Math.max(1, Math.floor(maxQueue / 2));
   }
 
   /**
@@ -59,23 +81,30 @@ export class OriginGate {
    * one `leave(upload)`.
    */
   /** Admits the request if it fits now (no allocation); `false`: call `enter` to wait. */
-  tryEnter(upload: boolean): boolean {
-    if (!this.#fits(upload)) return false;
-    this.#admit(upload);
+  tryEnter(upload: boolean, client?: string): boolean {
+    if (!this.#fits(upload, client)) return false;
+    this.#admit(upload, client);
     return true;
   }
 
-  enter(upload: boolean, abandon?: EventEmitter): true | Promise<void> {
-    if (this.#fits(upload)) {
-      this.#admit(upload);
+  enter(upload: boolean, abandon?: EventEmitter, client?: string): true | Promise<void> {
+    if (this.#fits(upload, client)) {
+      this.#admit(upload, client);
       return true;
     }
     if (this.#waiting.length >= this.maxQueue)
       return Promise.reject(new OriginBusyError(`origin busy: ${this.#active} requests running and ${this.#waiting.length} waiting`));
+    if (client !== undefined && (this.#queued.get(client) ?? 0) >= this.#clientQueue)
+      return Promise.reject(
+        new OriginBusyError(`origin busy: this client holds ${this.#held.get(client) ?? 0} of its places and ${this.#clientQueue} of its requests wait`),
+      );
     return new Promise((admitted, refused) => {
       const giveUp = (err: Error): void => {
         const at = this.#waiting.indexOf(waiter);
-        if (at >= 0) this.#waiting.splice(at, 1);
+        if (at >= 0) {
+          this.#waiting.splice(at, 1);
+          if (client !== undefined) count(this.#queued, client, -1);
+        }
         clearTimeout(waiter.timer);
         abandon?.off('abort', onAbandon);
         refused(err);
@@ -83,6 +112,7 @@ export class OriginGate {
       const onAbandon = (): void => giveUp(new ClientGone('the client left while its request waited for an origin connection'));
       const waiter: Waiter = {
         upload,
+        client,
         admitted: () => {
           abandon?.off('abort', onAbandon);
           admitted();
@@ -91,21 +121,25 @@ export class OriginGate {
       };
       abandon?.once('abort', onAbandon);
       this.#waiting.push(waiter);
+      if (client !== undefined) count(this.#queued, client, 1);
     });
   }
 
-  leave(upload: boolean): void {
+  /** Ends an admission: `upload` and `client` as it was entered with. */
+  leave(upload: boolean, client?: string): void {
     this.#active--;
     if (upload) this.#uploads--;
+    if (client !== undefined) count(this.#held, client, -1);
     for (let i = 0; i < this.#waiting.length && this.#active < this.connections; ) {
       const waiter = this.#waiting[i]!;
-      if (!this.#fits(waiter.upload)) {
+      if (!this.#fits(waiter.upload, waiter.client)) {
         i++;
         continue;
       }
       this.#waiting.splice(i, 1);
+      if (waiter.client !== undefined) count(this.#queued, waiter.client, -1);
       clearTimeout(waiter.timer);
-      this.#admit(waiter.upload);
+      this.#admit(waiter.upload, waiter.client);
       waiter.admitted();
     }
   }
@@ -115,12 +149,29 @@ export class OriginGate {
     return { active: this.#active, uploads: this.#uploads, waiting: this.#waiting.length };
   }
 
-  #fits(upload: boolean): boolean {
-    return this.#active < this.connections && (!upload || this.#uploads < this.#maxUploads);
+  /** Places `client` holds, and its requests waiting, for tests. */
+  clientLoad(client: string): { readonly held: number; readonly waiting: number } {
+    return { held: this.#held.get(client) ?? 0, waiting: this.#queued.get(client) ?? 0 };
   }
 
-  #admit(upload: boolean): void {
+  #fits(upload: boolean, client: string | undefined): boolean {
+    return (
+      this.#active < this.connections &&
+      (!upload || this.#uploads < this.#maxUploads) &&
+      (client === undefined || (this.#held.get(client) ?? 0) < this.#clientShare)
+    );
+  }
+
+  #admit(upload: boolean, client: string | undefined): void {
     this.#active++;
     if (upload) this.#uploads++;
+    if (client !== undefined) count(this.#held, client, 1);
   }
+}
+
+/** Adds `by` to `client`'s count, dropping the entry at 0: memory bounded by the clients with a place or a wait. */
+function count(counts: Map<string, number>, client: string, by: number): void {
+  const now = (counts.get(client) ?? 0) + by;
+  if (now === 0) counts.delete(client);
+  else counts.set(client, now);
 }

@@ -55,12 +55,12 @@ export function sendUpgrade(exchange: UpgradeExchange, target: OriginTarget, gat
     upstream = connectOrigin(target, pools.timeouts.connectMs);
   } catch (err) {
     // Options node refuses before any connection exists (none expected: CA files are checked when read).
-    gate.leave(LONG_HELD);
+    gate.leave(LONG_HELD, exchange.countedAs);
     log.warn({ code: 'KEYEDGE_HTTP_ORIGIN_UNREACHABLE', domain: exchange.domain, origin: exchange.access.origin, err }, 'origin upgrade failed');
     return exchange.refuse(originRefusal('broken'));
   }
   // Exactly once, on every path: a socket closes once, whether it failed, was cut, ended or its tunnel closed.
-  upstream.once('close', () => gate.leave(LONG_HELD));
+  upstream.once('close', () => gate.leave(LONG_HELD, exchange.countedAs));
   let connected = false;
   const fail = (failure: OriginFailure, err: Error): void => {
     if (attempt.done) return;

@@ -31,6 +31,8 @@ export interface UpgradeExchange {
   readonly req: IncomingMessage;
   /** The client's connection: paused, what it sent after the request head held, until the origin switches. */
   readonly client: tls.TLSSocket;
+  /** Who the client counts as at the origin's gate (its share of the places, origin-gate.ts); undefined: no share. */
+  readonly countedAs: string | undefined;
   /** The bytes read past the request head: the new protocol's, passed on only after the switch. */
   readonly head: Buffer;
   /** The routed domain's name. */

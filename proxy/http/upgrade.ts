@@ -101,6 +101,7 @@ import { LONG_HELD, sendUpgrade } from './upgrade-attempt.js';
 import { closeAfter } from './upgrade-close.js';
 import type { UpgradeExchange, UpgradeOptions } from './upgrade-exchange.js';
 import { namesWebSocket } from './upgrade-origin.js';
+import { connectionOf } from '../tls/connection.js';
 import { BODY_REFUSED, BUSY_REFUSED, CLOSING_REFUSED, CONNECT_REFUSED } from './upgrade-refusals.js';
 
 export type { UpgradeOptions } from './upgrade-exchange.js';
@@ -162,6 +163,7 @@ export function createUpgradeHandler(options: UpgradeOptions): UpgradeHandler {
       options,
       req,
       client,
+      countedAs: connectionOf(client)?.client,
       head,
       domain: route.domain.name,
       hsts,
@@ -180,14 +182,14 @@ export function createUpgradeHandler(options: UpgradeOptions): UpgradeHandler {
       const gate = pools.gate(target);
       const retry = index === 0 && targets.length > 1 ? () => attempt(1) : undefined;
       const abandon = new EventEmitter();
-      const entered = gate.enter(LONG_HELD, abandon);
+      const entered = gate.enter(LONG_HELD, abandon, sent.countedAs);
       if (entered === true) return sendUpgrade(sent, target, gate, retry);
       // The client's close (above) gives up the place in the queue.
       sent.dropOrigin = () => abandon.emit('abort');
       entered.then(
         () => {
           // Gone as its place came: the place goes back at once.
-          if (client.destroyed) return gate.leave(LONG_HELD);
+          if (client.destroyed) return gate.leave(LONG_HELD, sent.countedAs);
           sendUpgrade(sent, target, gate, retry);
         },
         (err: Error) => {

@@ -33,6 +33,8 @@ export interface StreamForwardOptions extends ExchangeOwner {
   readonly trusted?: TrustedPeers;
   /** The client's address, for X-Forwarded-For. */
   readonly peer: string | undefined;
+  /** Who the stream counts as at its origin's gate (origin-gate.ts); undefined: no share. */
+  readonly client: string | undefined;
   /** Told the status once the answer's head is sent. */
   onStatus(status: number): void;
   /** The answer's body bytes handed to the stream, for the access line: 0 until they flow (a client gone before them: 0), HTTP/1.1's count. */
@@ -50,7 +52,7 @@ export abstract class StreamExchange extends OriginExchange<StreamForwardOptions
   trailers: Buffer[] | string[] | null = null;
 
   constructor(pools: OriginPools, stream: ServerHttp2Stream, options: StreamForwardOptions, targets: readonly OriginTarget[], method: string) {
-    super(pools, options, targets, method);
+    super(pools, options, targets, method, options.client);
     this.stream = stream;
   }
 

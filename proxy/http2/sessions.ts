@@ -74,6 +74,7 @@ export function http2Connection(socket: TLSSocket, info: ConnectionInfo): Http2C
     servername: info.serverName,
     certificateNames: info.certificateNames,
     peer: socket.remoteAddress,
+    client: info.client,
     tlsVersion: socket.getProtocol() ?? undefined,
     resumed: socket.isSessionReused(),
   };

@@ -50,6 +50,8 @@ export interface Http2Connection {
   /** The names the served certificate covers: what the connection may be coalesced for. */
   readonly certificateNames: readonly string[];
   readonly peer: string | undefined;
+  /** Who the connection counts as for per-client shares (tls/connection.ts). */
+  readonly client: string | undefined;
   readonly tlsVersion: string | undefined;
   readonly resumed: boolean | undefined;
 }
@@ -173,6 +175,7 @@ class StreamRecord implements StreamForwardOptions, StreamAccess {
   maxBodyBytes: number;
   readonly trusted: TrustedPeers | undefined;
   readonly peer: string | undefined;
+  readonly client: string | undefined;
 
   constructor(
     options: StreamHandlerOptions,
@@ -194,6 +197,7 @@ class StreamRecord implements StreamForwardOptions, StreamAccess {
     this.maxBodyBytes = options.maxBodyBytes;
     this.trusted = options.trustedPeers;
     this.peer = connection.peer;
+    this.client = connection.client;
   }
 
   /** Without its query string, which often carries tokens. */

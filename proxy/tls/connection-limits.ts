@@ -101,6 +101,7 @@ export class ClientConnectionLimit {
     const open = this.#open.get(key) ?? 0;
     if (open >= this.max) return false;
     this.#open.set(key, open + 1);
+    (socket as Counted)[COUNTED_AS] = key;
     socket.once('close', () => {
       const left = this.#open.get(key)! - 1;
       if (left === 0) this.#open.delete(key);
@@ -108,6 +109,20 @@ export class ClientConnectionLimit {
     });
     return true;
   }
+}
+
+const COUNTED_AS = Symbol('keyedge.countedAs');
+
+type Counted = { [COUNTED_AS]?: string };
+
+/**
+ * The client `socket` was counted as at accept (clientKey), for the shares
+ * kept per client after it (an origin's places, http/origin-gate.ts);
+ * undefined when it was not counted: a trusted proxy's connection, which
+ * carries many clients, or no per-client cap configured.
+ */
+export function countedClient(socket: object): string | undefined {
+  return (socket as Counted)[COUNTED_AS];
 }
 
 const MAPPED_V4 = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i;

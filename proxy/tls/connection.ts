@@ -31,6 +31,8 @@ export interface ConnectionInfo {
   readonly certificateNames: readonly string[];
   /** The ALPN protocols the client offered, in its order; undefined when it offered none. */
   readonly offeredProtocols: readonly string[] | undefined;
+  /** Who the connection counts as for per-client shares (connection-limits.ts `countedClient`); undefined: no share. */
+  readonly client: string | undefined;
 }
 
 /**

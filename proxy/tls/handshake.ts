@@ -24,6 +24,7 @@ import type { Logger } from '../../keyserver/shared/log.js';
 import type { ServedCertificate } from '../certs/certificate.js';
 import type { ProxyMetrics } from '../metrics.js';
 import { type ConnectionInfo, keepConnection, type SecureConnectionHandler } from './connection.js';
+import { countedClient } from './connection-limits.js';
 import { normaliseName } from './names.js';
 import { onNamelessHello, releaseControl, stapleOnSocket } from './node-internals.js';
 import { HTTP1, type ProtocolTable } from './protocols.js';
@@ -143,6 +144,7 @@ export function secureConnection(raw: net.Socket, choice: ContextChoice, setting
       certificate,
       certificateNames: certificate?.names ?? [],
       offeredProtocols: choice.kind === 'by-callback' ? undefined : choice.offered,
+      client: countedClient(raw),
     };
     keepConnection(socket, connection);
     setting.records?.watch(raw, socket);
