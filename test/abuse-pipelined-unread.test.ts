@@ -110,7 +110,8 @@ it(`a client that pipelines ${DEPTH} requests and reads nothing is cut after lim
 
 it("serves the origin's other clients while a connection that pipelined requests and reads nothing holds its answers", async () => {
   const from = lines.length;
-  const other = await rawTls(proxy.ports[0]!, HOST, ca);
+  // Another client: the attacker's address holds its own share of the places, half, with its 4 in turn (origin-gate.ts).
+  const other = await rawTls(proxy.ports[0]!, HOST, ca, { localAddress: '127.0.0.2' });
   const attacker = await rawTls(proxy.ports[0]!, HOST, ca, { read: false });
   attacker.socket.write(burst());
   await waitFor('the origin to be sent the first requests', () => (saw.slice(-DEPTH).some((l) => l.startsWith('GET /a')) ? true : undefined));
