@@ -10,7 +10,8 @@ import { VerdictCache } from '../proxy/certs/verdict-cache.js';
 import { keepPacked, keptDir, loadKept } from '../proxy/serving/kept.js';
 import { writePack } from '../proxy/serving/pack.js';
 import { prepareServing, type SeenStat } from '../proxy/serving/prepare.js';
-import { createCa, type Issued, issue, issueCa } from './helpers/pki.js';
+import * as x509 from '../keyserver/shared/x509.js';
+import { createCa, type Issued, issue, issueCa, type TestCa } from './helpers/pki.js';
 
 // Reading the store while a writer is still at it: a file is used only once
 // two reads agree, and one that keeps changing is left for a later pass.
@@ -18,11 +19,12 @@ import { createCa, type Issued, issue, issueCa } from './helpers/pki.js';
 let dir: string;
 let chain: string;
 let issued: Issued;
+let inter: TestCa;
 
 beforeAll(async () => {
   dir = mkdtempSync(join(tmpdir(), 'keyedge-serving-prepare-'));
   const root = await createCa('Prepare Root');
-  const inter = await issueCa(root, 'Prepare Intermediate');
+  inter = await issueCa(root, 'Prepare Intermediate');
   issued = await issue(inter, { commonName: 'x.example', dnsNames: ['x.example'], keyAlgorithm: 'ec-p256' });
   chain = `${issued.certPem}\n${inter.certPem}`;
 });
@@ -310,5 +312,27 @@ describe('prepareServing and an entry that cannot be looked at', () => {
     expect(prepared.refused).toEqual([
       expect.objectContaining({ name: 'loop', source: join(storeDir, 'loop.pem'), message: expect.stringContaining('ELOOP') }),
     ]);
+  });
+
+  it('refuses a chain with an extension that does not decode by its name, and serves the entries beside it, at every pass', async () => {
+    const storeDir = join(dir, 'bad-extension');
+    mkdirSync(storeDir, { recursive: true });
+    writeFileSync(join(storeDir, 'x.pem'), chain);
+    // A subjectAltName whose content is not GeneralNames: the library decodes it only when first read.
+    const badSan = new x509.Extension('2.5.29.17', false, new Uint8Array([0x04, 0x02, 0xff, 0xff]));
+    const bad = await issue(inter, { commonName: 'bad.example', keyAlgorithm: 'ec-p256', extraExtensions: [badSan] });
+    writeFileSync(join(storeDir, 'bad.pem'), `${bad.certPem}\n${inter.certPem}`);
+    const refusedBad = expect.objectContaining({
+      name: 'bad',
+      reason: 'parse',
+      message: expect.stringMatching(/^certificate 'bad' .*: certificate 1 does not decode as X\.509/),
+    });
+    const first = await pass(storeDir, new Map());
+    expect(first.records.get('x')?.serial).toBe(issued.cert.serialNumber);
+    expect(first.refused).toEqual([refusedBad]);
+    // Judged again (a fresh pass: the certificate is parsed once per process), it is refused the same way.
+    const again = await pass(storeDir, new Map());
+    expect(again.records.get('x')?.serial).toBe(issued.cert.serialNumber);
+    expect(again.refused).toEqual([refusedBad]);
   });
 });
