@@ -5,6 +5,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadProxyConfig } from '../config/load.js';
 import { CertificateStoreError } from '../proxy/certs/errors.js';
+import { loadIssuerPool } from '../proxy/certs/issuers.js';
 import { CertificateStore } from '../proxy/certs/store.js';
 import { VerdictCache } from '../proxy/certs/verdict-cache.js';
 import { keepPacked, keptDir, loadKept } from '../proxy/serving/kept.js';
@@ -209,6 +210,62 @@ describe('prepareServing, a store directory another one took the place of', () =
     rmSync(join(storeDir, 'c.pem'));
     const emptied = await pass(taken);
     expect([...emptied.records.keys()]).toEqual([]);
+  });
+});
+
+describe('prepareServing and the issuer pool', () => {
+  it('judges a renewal refused incomplete_chain again once certStore.intermediates completes it, while the old version serves', async () => {
+    const storeDir = join(dir, 'pool-store');
+    mkdirSync(storeDir, { recursive: true });
+    const poolFile = join(dir, 'pool-intermediates.pem');
+    const unrelated = await issueCa(await createCa('Pool Other Root'), 'Pool Other Intermediate');
+    writeFileSync(poolFile, unrelated.certPem);
+    writeFileSync(join(storeDir, 'a.pem'), chain);
+    const config = loadProxyConfig(undefined, { stateDir: dir, certStore: { dir: storeDir } });
+    const store = new CertificateStore(storeDir);
+    const validation = () => ({
+      now: new Date(),
+      keyserverSpki: async (_keyId: string, leafSpki: Buffer) => leafSpki,
+      issuers: loadIssuerPool(poolFile, 'proxy.json'),
+    });
+    const seen = new Map<string, SeenStat>();
+    const first = await prepareServing({ config, store, previous: new Map(), seen, validation: validation() });
+    expect(first.records.get('a')?.serial).toBe(issued.cert.serialNumber);
+
+    // The renewal written as the leaf alone (cert.pem for fullchain.pem): refused, the old version serves.
+    const renewal = await issue(inter, { commonName: 'x.example', dnsNames: ['x.example'], keyAlgorithm: 'ec-p256' });
+    writeFileSync(join(storeDir, 'a.pem'), renewal.certPem);
+    await sleep(1_100);
+    const refused = await prepareServing({ config, store, previous: first.records, seen, validation: validation(), storeDirId: first.storeDirId });
+    expect(refused.refused.map((r) => r.reason)).toEqual(['incomplete_chain']);
+    expect(refused.records.get('a')?.serial).toBe(issued.cert.serialNumber);
+
+    // The same files, the same pool: the old version serves on, the renewal is neither judged nor said again.
+    const same = await prepareServing({
+      config,
+      store,
+      previous: refused.records,
+      seen,
+      validation: validation(),
+      storeDirId: refused.storeDirId,
+      verify: true,
+    });
+    expect(same.refused).toEqual([]);
+    expect(same.records.get('a')).toBe(refused.records.get('a'));
+
+    // The operator adds the intermediate to certStore.intermediates and reloads (SIGHUP): the renewal serves.
+    writeFileSync(poolFile, `${unrelated.certPem}\n${inter.certPem}`);
+    const completed = await prepareServing({
+      config,
+      store,
+      previous: same.records,
+      seen,
+      validation: validation(),
+      storeDirId: same.storeDirId,
+      verify: true,
+    });
+    expect(completed.refused).toEqual([]);
+    expect(completed.records.get('a')?.serial).toBe(renewal.cert.serialNumber);
   });
 });
 
