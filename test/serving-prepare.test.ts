@@ -1,3 +1,4 @@
+import { execFileSync } from 'node:child_process';
 import { mkdirSync, mkdtempSync, renameSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { tmpdir } from 'node:os';
@@ -369,6 +370,29 @@ describe('prepareServing and an entry that cannot be looked at', () => {
     expect(prepared.refused).toEqual([
       expect.objectContaining({ name: 'loop', source: join(storeDir, 'loop.pem'), message: expect.stringContaining('ELOOP') }),
     ]);
+  });
+
+  it("refuses a FIFO put in a served chain's place by its name and path, and the version it served serves on, in a full and a targeted pass", async () => {
+    const storeDir = join(dir, 'fifo');
+    mkdirSync(storeDir, { recursive: true });
+    writeFileSync(join(storeDir, 'x.pem'), chain);
+    writeFileSync(join(storeDir, 'y.pem'), chain);
+    const seen = new Map<string, SeenStat>();
+    const config = loadProxyConfig(undefined, { stateDir: dir, certStore: { dir: storeDir } });
+    const store = new CertificateStore(storeDir);
+    const validation = { now: new Date(), keyserverSpki: async (_keyId: string, leafSpki: Buffer) => leafSpki };
+    const first = await prepareServing({ config, store, previous: new Map(), seen, validation });
+    expect([...first.records.keys()].sort()).toEqual(['x', 'y']);
+    rmSync(join(storeDir, 'x.pem'));
+    execFileSync('mkfifo', [join(storeDir, 'x.pem')]);
+    const refusedFifo = [
+      expect.objectContaining({ name: 'x', source: join(storeDir, 'x.pem'), message: expect.stringContaining('not a file but a special file') }),
+    ];
+    for (const only of [undefined, { names: new Set(['x']), followed: first.followed }]) {
+      const next = await prepareServing({ config, store, previous: first.records, seen: new Map(seen), validation, storeDirId: first.storeDirId, only });
+      expect(next.refused).toEqual(refusedFifo);
+      expect(next.records.get('x')).toBe(first.records.get('x'));
+    }
   });
 
   it('refuses a chain with an extension that does not decode by its name, and serves the entries beside it, at every pass', async () => {
