@@ -372,6 +372,36 @@ describe('prepareServing and an entry that cannot be looked at', () => {
     ]);
   });
 
+  it('refuses an entry whose metadata link lost its target, and the version it served serves on with its pinned names', async () => {
+    const storeDir = join(dir, 'dangling-meta');
+    const outside = join(dir, 'dangling-meta-target');
+    mkdirSync(storeDir, { recursive: true });
+    mkdirSync(outside, { recursive: true });
+    const both = await issue(inter, { commonName: 'a.example', dnsNames: ['a.example', 'b.example'], keyAlgorithm: 'ec-p256' });
+    writeFileSync(join(storeDir, 'a.pem'), `${both.certPem}\n${inter.certPem}`);
+    writeFileSync(join(outside, 'a.json'), JSON.stringify({ names: ['a.example'] }));
+    symlinkSync(join(outside, 'a.json'), join(storeDir, 'a.json'));
+    const config = loadProxyConfig(undefined, { stateDir: dir, certStore: { dir: storeDir } });
+    const store = new CertificateStore(storeDir);
+    const validation = { now: new Date(), keyserverSpki: async (_keyId: string, leafSpki: Buffer) => leafSpki };
+    const seen = new Map<string, SeenStat>();
+    const first = await prepareServing({ config, store, previous: new Map(), seen, validation });
+    expect(first.records.get('a')?.names).toEqual(['a.example']);
+    // The link's target goes (a ConfigMap key removed, say): not "no metadata", which served a for b.example too.
+    rmSync(join(outside, 'a.json'));
+    await sleep(1_100);
+    const next = await prepareServing({ config, store, previous: first.records, seen, validation, storeDirId: first.storeDirId });
+    expect(next.refused).toEqual([
+      expect.objectContaining({
+        name: 'a',
+        reason: 'unreadable',
+        source: join(storeDir, 'a.pem'),
+        message: `certificate 'a' (${join(storeDir, 'a.json')}): the metadata is a symbolic link whose target is missing`,
+      }),
+    ]);
+    expect(next.records.get('a')).toBe(first.records.get('a'));
+  });
+
   it("refuses a FIFO put in a served chain's place by its name and path, and the version it served serves on, in a full and a targeted pass", async () => {
     const storeDir = join(dir, 'fifo');
     mkdirSync(storeDir, { recursive: true });
