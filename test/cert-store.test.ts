@@ -1,4 +1,6 @@
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, statSync, symlinkSync, utimesSync, writeFileSync } from 'node:fs';
+import fs from 'node:fs';
+import { syncBuiltinESMExports } from 'node:module';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
@@ -254,6 +256,46 @@ describe('certificate store', () => {
     // As they were: the old metadata, and none for an entry that had none; nothing else left behind.
     expect(readFileSync(join(store.dir, 'kept.json'), 'utf8')).toBe(before);
     expect(readdirSync(store.dir).sort()).toEqual(['kept.json', 'kept.pem', 'new.pem']);
+  });
+
+  it('a directory fsync that fails once the files are renamed leaves the entry whole: written, replaced or removed, never half', () => {
+    const store = freshStore();
+    const failDirSync = (code: string) => {
+      const { fsyncSync } = fs;
+      fs.fsyncSync = (fd: number) => {
+        if (fs.fstatSync(fd).isDirectory()) throw Object.assign(new Error(`${code}: fsync`), { code });
+        return fsyncSync(fd);
+      };
+      syncBuiltinESMExports();
+      return () => {
+        fs.fsyncSync = fsyncSync;
+        syncBuiltinESMExports();
+      };
+    };
+    // A file system that cannot sync directories (EINVAL): a write and a removal succeed.
+    let restore = failDirSync('EINVAL');
+    try {
+      store.write('a', CHAIN, { names: ['a.example'] });
+      store.write('gone', CHAIN, { names: ['gone.example'] });
+      store.remove('gone');
+    } finally {
+      restore();
+    }
+    expect(store.read('a').meta.names).toEqual(['a.example']);
+    expect(readdirSync(store.dir).sort()).toEqual(['a.json', 'a.pem']);
+    // A failing disk (EIO): said, naming what was done; the new chain and its metadata both stand.
+    restore = failDirSync('EIO');
+    try {
+      expect(storeError(() => store.write('a', CHAIN, { names: ['b.example'], keyId: KEY_ID })).message).toContain(
+        "certificate 'a' was written to the certificate store",
+      );
+      expect(storeError(() => store.write('new', CHAIN, { names: ['new.example'] })).message).toContain('could not be synced (EIO)');
+      expect(storeError(() => store.remove('new')).message).toContain("certificate 'new' was removed from the certificate store");
+    } finally {
+      restore();
+    }
+    expect(store.read('a').meta).toMatchObject({ names: ['b.example'], keyId: KEY_ID });
+    expect(readdirSync(store.dir).sort()).toEqual(['a.json', 'a.pem']);
   });
 
   it('never shows a concurrent reader a partial file', async () => {

@@ -5,6 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ConfigError } from '../keyserver/shared/errors.js';
+import * as x509 from '../keyserver/shared/x509.js';
 import { CertificateError } from '../proxy/certs/errors.js';
 import { loadIssuerPool } from '../proxy/certs/issuers.js';
 import {
@@ -60,6 +61,20 @@ async function refusal(promise: Promise<unknown>): Promise<CertificateError> {
     return err as CertificateError;
   }
   throw new Error('expected a refusal');
+}
+
+/**
+ * `issued` (an ECDSA SHA-256 signed certificate) with its outer signature
+ * algorithm replaced by RSASSA-PSS whose parameters are an INTEGER, not
+ * RSASSA-PSS-params: the structure decodes, the algorithm does not.
+ */
+function withPssSignatureAlgorithm(issued: Issued): string {
+  const der = Buffer.from(issued.cert.rawData);
+  const ecdsaSha256 = Buffer.from('300a06082a8648ce3d040302', 'hex');
+  const at = der.lastIndexOf(ecdsaSha256);
+  expect(der.subarray(0, 2).toString('hex')).toBe('3082');
+  const body = Buffer.concat([der.subarray(4, at), Buffer.from('300e06092a864886f70d01010a020101', 'hex'), der.subarray(at + ecdsaSha256.length)]);
+  return x509.PemConverter.encode(Buffer.concat([Buffer.from([0x30, 0x82, body.length >> 8, body.length & 0xff]), body]), 'CERTIFICATE');
 }
 
 /** The base64 body lines of a PEM block, none of which may ever appear in a message. */
@@ -175,6 +190,23 @@ const refusals: RefusalCase[] = [
     reason: 'parse',
     message: /certificate 1 does not decode as X.509/,
     make: async () => ({ candidate: candidate('-----BEGIN CERTIFICATE-----\naGVsbG8gd29ybGQ=\n-----END CERTIFICATE-----\n') }),
+  },
+  {
+    // The library decodes extensions only when first read: a rule reading the SAN threw a schema error naming no entry.
+    title: 'a leaf whose subjectAltName does not decode (content 04 02 ff ff)',
+    reason: 'parse',
+    message: /certificate 1 does not decode as X\.509: .*SubjectAlternativeName/,
+    make: async () => {
+      const badSan = new x509.Extension('2.5.29.17', false, new Uint8Array([0x04, 0x02, 0xff, 0xff]));
+      const l = await issue(inter, { commonName: 'shop.example', keyAlgorithm: 'ec-p256', extraExtensions: [badSan] });
+      return { candidate: candidate(pem(l, inter)), lookup: keyserver(l) };
+    },
+  },
+  {
+    title: 'a leaf whose signature algorithm is RSASSA-PSS with parameters that do not decode',
+    reason: 'parse',
+    message: /certificate 1 does not decode as X\.509: .*RsaSaPssParams/,
+    make: async () => ({ candidate: candidate(pem(withPssSignatureAlgorithm(leaf), inter)) }),
   },
   {
     title: 'a private key pasted into the chain',

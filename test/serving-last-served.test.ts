@@ -145,6 +145,7 @@ describe('prepareServing at start, an entry whose files are refused', () => {
   let storeDir: string;
   let good: string;
   let notAfter: Date;
+  let ca: Awaited<ReturnType<typeof createCa>>;
 
   const pass = (lastServed: Map<string, CertificateRecord>, options: { now?: Date; keyGone?: boolean } = {}) =>
     prepareServing({
@@ -161,7 +162,7 @@ describe('prepareServing at start, an entry whose files are refused', () => {
   beforeAll(async () => {
     storeDir = join(root, 'prepare-store');
     mkdirSync(storeDir, { recursive: true });
-    const ca = await createCa('Last Served Root');
+    ca = await createCa('Last Served Root');
     const leaf = await issue(ca, { commonName: 'x.example', dnsNames: ['x.example'], keyAlgorithm: 'ec-p256' });
     notAfter = leaf.cert.notAfter;
     good = `${leaf.certPem}\n${ca.certPem}`;
@@ -183,6 +184,21 @@ describe('prepareServing at start, an entry whose files are refused', () => {
     expect(next.records.get('x')?.serial).toBe(last.get('x')?.serial);
     expect(next.records.get('x')?.chainPem).toBe(last.get('x')?.chainPem);
     expect(next.warnings).toContainEqual({ name: 'x', message: expect.stringContaining('the version the last run served') });
+  });
+
+  it('serves it for a refusal of its names too: a renewal that drops a name the entry pins', async () => {
+    writeFileSync(join(storeDir, 'x.json'), JSON.stringify({ names: ['x.example'] }));
+    try {
+      const last = await servedBefore();
+      const renewal = await issue(ca, { commonName: 'y.example', dnsNames: ['y.example'], keyAlgorithm: 'ec-p256' });
+      writeFileSync(join(storeDir, 'x.pem'), `${renewal.certPem}\n${ca.certPem}`);
+      const next = await pass(last);
+      expect(next.refused).toEqual([expect.objectContaining({ name: 'x', reason: 'names' })]);
+      expect(next.records.get('x')?.serial).toBe(last.get('x')?.serial);
+      expect(next.records.get('x')?.names).toEqual(['x.example']);
+    } finally {
+      rmSync(join(storeDir, 'x.json'));
+    }
   });
 
   it('does not serve it once its key is gone from the key server, or it has expired', async () => {

@@ -1,3 +1,4 @@
+import { execFileSync } from 'node:child_process';
 import { mkdirSync, mkdtempSync, renameSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { tmpdir } from 'node:os';
@@ -5,12 +6,14 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadProxyConfig } from '../config/load.js';
 import { CertificateStoreError } from '../proxy/certs/errors.js';
+import { loadIssuerPool } from '../proxy/certs/issuers.js';
 import { CertificateStore } from '../proxy/certs/store.js';
 import { VerdictCache } from '../proxy/certs/verdict-cache.js';
 import { keepPacked, keptDir, loadKept } from '../proxy/serving/kept.js';
 import { writePack } from '../proxy/serving/pack.js';
 import { prepareServing, type SeenStat } from '../proxy/serving/prepare.js';
-import { createCa, type Issued, issue, issueCa } from './helpers/pki.js';
+import * as x509 from '../keyserver/shared/x509.js';
+import { createCa, type Issued, issue, issueCa, type TestCa } from './helpers/pki.js';
 
 // Reading the store while a writer is still at it: a file is used only once
 // two reads agree, and one that keeps changing is left for a later pass.
@@ -18,11 +21,12 @@ import { createCa, type Issued, issue, issueCa } from './helpers/pki.js';
 let dir: string;
 let chain: string;
 let issued: Issued;
+let inter: TestCa;
 
 beforeAll(async () => {
   dir = mkdtempSync(join(tmpdir(), 'keyedge-serving-prepare-'));
   const root = await createCa('Prepare Root');
-  const inter = await issueCa(root, 'Prepare Intermediate');
+  inter = await issueCa(root, 'Prepare Intermediate');
   issued = await issue(inter, { commonName: 'x.example', dnsNames: ['x.example'], keyAlgorithm: 'ec-p256' });
   chain = `${issued.certPem}\n${inter.certPem}`;
 });
@@ -210,6 +214,62 @@ describe('prepareServing, a store directory another one took the place of', () =
   });
 });
 
+describe('prepareServing and the issuer pool', () => {
+  it('judges a renewal refused incomplete_chain again once certStore.intermediates completes it, while the old version serves', async () => {
+    const storeDir = join(dir, 'pool-store');
+    mkdirSync(storeDir, { recursive: true });
+    const poolFile = join(dir, 'pool-intermediates.pem');
+    const unrelated = await issueCa(await createCa('Pool Other Root'), 'Pool Other Intermediate');
+    writeFileSync(poolFile, unrelated.certPem);
+    writeFileSync(join(storeDir, 'a.pem'), chain);
+    const config = loadProxyConfig(undefined, { stateDir: dir, certStore: { dir: storeDir } });
+    const store = new CertificateStore(storeDir);
+    const validation = () => ({
+      now: new Date(),
+      keyserverSpki: async (_keyId: string, leafSpki: Buffer) => leafSpki,
+      issuers: loadIssuerPool(poolFile, 'proxy.json'),
+    });
+    const seen = new Map<string, SeenStat>();
+    const first = await prepareServing({ config, store, previous: new Map(), seen, validation: validation() });
+    expect(first.records.get('a')?.serial).toBe(issued.cert.serialNumber);
+
+    // The renewal written as the leaf alone (cert.pem for fullchain.pem): refused, the old version serves.
+    const renewal = await issue(inter, { commonName: 'x.example', dnsNames: ['x.example'], keyAlgorithm: 'ec-p256' });
+    writeFileSync(join(storeDir, 'a.pem'), renewal.certPem);
+    await sleep(1_100);
+    const refused = await prepareServing({ config, store, previous: first.records, seen, validation: validation(), storeDirId: first.storeDirId });
+    expect(refused.refused.map((r) => r.reason)).toEqual(['incomplete_chain']);
+    expect(refused.records.get('a')?.serial).toBe(issued.cert.serialNumber);
+
+    // The same files, the same pool: the old version serves on, the renewal is neither judged nor said again.
+    const same = await prepareServing({
+      config,
+      store,
+      previous: refused.records,
+      seen,
+      validation: validation(),
+      storeDirId: refused.storeDirId,
+      verify: true,
+    });
+    expect(same.refused).toEqual([]);
+    expect(same.records.get('a')).toBe(refused.records.get('a'));
+
+    // The operator adds the intermediate to certStore.intermediates and reloads (SIGHUP): the renewal serves.
+    writeFileSync(poolFile, `${unrelated.certPem}\n${inter.certPem}`);
+    const completed = await prepareServing({
+      config,
+      store,
+      previous: same.records,
+      seen,
+      validation: validation(),
+      storeDirId: same.storeDirId,
+      verify: true,
+    });
+    expect(completed.refused).toEqual([]);
+    expect(completed.records.get('a')?.serial).toBe(renewal.cert.serialNumber);
+  });
+});
+
 describe('prepareServing without reading unchanged entries', () => {
   const validation = { now: new Date(), keyserverSpki: async (_keyId: string, leafSpki: Buffer) => leafSpki };
 
@@ -310,5 +370,80 @@ describe('prepareServing and an entry that cannot be looked at', () => {
     expect(prepared.refused).toEqual([
       expect.objectContaining({ name: 'loop', source: join(storeDir, 'loop.pem'), message: expect.stringContaining('ELOOP') }),
     ]);
+  });
+
+  it('refuses an entry whose metadata link lost its target, and the version it served serves on with its pinned names', async () => {
+    const storeDir = join(dir, 'dangling-meta');
+    const outside = join(dir, 'dangling-meta-target');
+    mkdirSync(storeDir, { recursive: true });
+    mkdirSync(outside, { recursive: true });
+    const both = await issue(inter, { commonName: 'a.example', dnsNames: ['a.example', 'b.example'], keyAlgorithm: 'ec-p256' });
+    writeFileSync(join(storeDir, 'a.pem'), `${both.certPem}\n${inter.certPem}`);
+    writeFileSync(join(outside, 'a.json'), JSON.stringify({ names: ['a.example'] }));
+    symlinkSync(join(outside, 'a.json'), join(storeDir, 'a.json'));
+    const config = loadProxyConfig(undefined, { stateDir: dir, certStore: { dir: storeDir } });
+    const store = new CertificateStore(storeDir);
+    const validation = { now: new Date(), keyserverSpki: async (_keyId: string, leafSpki: Buffer) => leafSpki };
+    const seen = new Map<string, SeenStat>();
+    const first = await prepareServing({ config, store, previous: new Map(), seen, validation });
+    expect(first.records.get('a')?.names).toEqual(['a.example']);
+    // The link's target goes (a ConfigMap key removed, say): not "no metadata", which served a for b.example too.
+    rmSync(join(outside, 'a.json'));
+    await sleep(1_100);
+    const next = await prepareServing({ config, store, previous: first.records, seen, validation, storeDirId: first.storeDirId });
+    expect(next.refused).toEqual([
+      expect.objectContaining({
+        name: 'a',
+        reason: 'unreadable',
+        source: join(storeDir, 'a.pem'),
+        message: `certificate 'a' (${join(storeDir, 'a.json')}): the metadata is a symbolic link whose target is missing`,
+      }),
+    ]);
+    expect(next.records.get('a')).toBe(first.records.get('a'));
+  });
+
+  it("refuses a FIFO put in a served chain's place by its name and path, and the version it served serves on, in a full and a targeted pass", async () => {
+    const storeDir = join(dir, 'fifo');
+    mkdirSync(storeDir, { recursive: true });
+    writeFileSync(join(storeDir, 'x.pem'), chain);
+    writeFileSync(join(storeDir, 'y.pem'), chain);
+    const seen = new Map<string, SeenStat>();
+    const config = loadProxyConfig(undefined, { stateDir: dir, certStore: { dir: storeDir } });
+    const store = new CertificateStore(storeDir);
+    const validation = { now: new Date(), keyserverSpki: async (_keyId: string, leafSpki: Buffer) => leafSpki };
+    const first = await prepareServing({ config, store, previous: new Map(), seen, validation });
+    expect([...first.records.keys()].sort()).toEqual(['x', 'y']);
+    rmSync(join(storeDir, 'x.pem'));
+    execFileSync('mkfifo', [join(storeDir, 'x.pem')]);
+    const refusedFifo = [
+      expect.objectContaining({ name: 'x', source: join(storeDir, 'x.pem'), message: expect.stringContaining('not a file but a special file') }),
+    ];
+    for (const only of [undefined, { names: new Set(['x']), followed: first.followed }]) {
+      const next = await prepareServing({ config, store, previous: first.records, seen: new Map(seen), validation, storeDirId: first.storeDirId, only });
+      expect(next.refused).toEqual(refusedFifo);
+      expect(next.records.get('x')).toBe(first.records.get('x'));
+    }
+  });
+
+  it('refuses a chain with an extension that does not decode by its name, and serves the entries beside it, at every pass', async () => {
+    const storeDir = join(dir, 'bad-extension');
+    mkdirSync(storeDir, { recursive: true });
+    writeFileSync(join(storeDir, 'x.pem'), chain);
+    // A subjectAltName whose content is not GeneralNames: the library decodes it only when first read.
+    const badSan = new x509.Extension('2.5.29.17', false, new Uint8Array([0x04, 0x02, 0xff, 0xff]));
+    const bad = await issue(inter, { commonName: 'bad.example', keyAlgorithm: 'ec-p256', extraExtensions: [badSan] });
+    writeFileSync(join(storeDir, 'bad.pem'), `${bad.certPem}\n${inter.certPem}`);
+    const refusedBad = expect.objectContaining({
+      name: 'bad',
+      reason: 'parse',
+      message: expect.stringMatching(/^certificate 'bad' .*: certificate 1 does not decode as X\.509/),
+    });
+    const first = await pass(storeDir, new Map());
+    expect(first.records.get('x')?.serial).toBe(issued.cert.serialNumber);
+    expect(first.refused).toEqual([refusedBad]);
+    // Judged again (a fresh pass: the certificate is parsed once per process), it is refused the same way.
+    const again = await pass(storeDir, new Map());
+    expect(again.records.get('x')?.serial).toBe(issued.cert.serialNumber);
+    expect(again.refused).toEqual([refusedBad]);
   });
 });

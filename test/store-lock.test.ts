@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CertificateStore } from '../proxy/certs/store.js';
 import { PID_SPACE } from '../proxy/certs/store-files.js';
+import { STALE_SIDE_FILE_MS, sweepLeftovers } from '../proxy/certs/store-leftovers.js';
 import { lockEntry, STALE_LOCK_MS } from '../proxy/certs/store-lock.js';
 import { StoreConflictError } from '../proxy/store/storage.js';
 import { removeDir, tempDir } from './helpers/basics.js';
@@ -179,4 +180,27 @@ describe("a FIFO in a store entry's lock file's place", () => {
     },
     20_000,
   );
+});
+
+describe("another pid space's leftover side files", () => {
+  // A writer of another pid space (a container sharing the volume, the previous boot: its boot id differs) cannot be
+  // looked up by its pid: its temp file and `.aside` link, left by a crash, went only to a sweep in its own pid space,
+  // which a previous boot never has again.
+  it('are kept while young (a write may be under way), removed by the sweep once STALE_LOCK_MS old', () => {
+    const at = tempDir('keyedge-store-leftovers-');
+    try {
+      const foreign = ['.a.pem.999999.deadbeef.0123456789ab.tmp', '.a.json.1.deadbeef.0123456789ab.aside'];
+      for (const file of foreign) writeFileSync(join(at, file), 'x');
+      expect(sweepLeftovers(at, 'a')).toEqual([]);
+      expect(readdirSync(at).sort()).toEqual([...foreign].sort());
+      // A minute on (the sweep's clock: a file's ctime cannot be set back); another entry's sweep leaves them.
+      expect(sweepLeftovers(at, 'b', Date.now() + STALE_LOCK_MS + 1_000)).toEqual([]);
+      expect(sweepLeftovers(at, undefined, Date.now() + STALE_LOCK_MS + 1_000).sort()).toEqual([...foreign].sort());
+      expect(readdirSync(at)).toEqual([]);
+      // No write of theirs can be under way once their writer's lock would be taken over.
+      expect(STALE_SIDE_FILE_MS).toBe(STALE_LOCK_MS);
+    } finally {
+      removeDir(at);
+    }
+  });
 });

@@ -153,14 +153,38 @@ async function orderChain(certs: readonly x509.X509Certificate[], positions: rea
  */
 const parsedBlocks = new LRUCache<string, x509.X509Certificate>({ max: 256 });
 
-/** One PEM certificate block, decoded (once per block while it stays in the cache). */
+/**
+ * One PEM certificate block, decoded (once per block while it stays in the
+ * cache). Throws what the library throws when any part does not decode.
+ */
 export function parseBlock(block: string): x509.X509Certificate {
   let cert = parsedBlocks.get(block);
   if (cert === undefined) {
     cert = new x509.X509Certificate(block);
+    decodeAll(cert);
     parsedBlocks.set(block, cert);
   }
   return cert;
+}
+
+/**
+ * Reads every part the library decodes lazily (@peculiar/x509 decodes names,
+ * dates, the signature algorithm, the key and the extensions on first read),
+ * so a malformed one (a SAN that is not GeneralNames, RSASSA-PSS parameters
+ * that do not decode) throws here, inside parsePem's try, as a parse refusal
+ * naming the certificate, not later from a rule as an error naming no entry.
+ * A failed extension decode also leaves the library's list empty for good:
+ * such a certificate must never reach the cache.
+ */
+function decodeAll(cert: x509.X509Certificate): void {
+  void cert.subject;
+  void cert.issuer;
+  void cert.serialNumber;
+  void cert.notBefore;
+  void cert.notAfter;
+  void cert.signatureAlgorithm;
+  void cert.publicKey;
+  void cert.extensions;
 }
 
 async function verifies(subject: x509.X509Certificate, issuer: x509.X509Certificate): Promise<boolean> {
@@ -181,6 +205,7 @@ function isCa(cert: x509.X509Certificate): boolean {
   return cert.getExtension(x509.BasicConstraintsExtension)?.ca === true;
 }
 
-function firstLine(err: unknown): string {
+/** An error's first line, short: for a refusal's message. */
+export function firstLine(err: unknown): string {
   return (err instanceof Error ? err.message : String(err)).split('\n')[0]!.slice(0, 200);
 }

@@ -103,11 +103,22 @@ export function readCheckedFile(file: string, check: (stat: Stats) => void): { r
   return { text: bytes.toString('utf8'), stat };
 }
 
+/**
+ * The metadata file's stat, through a link; undefined when there is none.
+ * A name there that cannot be followed (a link whose target is gone, a link
+ * loop) gives the link's own stat: the entry has metadata, and its read says
+ * what is wrong with it (store-meta.ts readMeta), rather than the entry
+ * being read as having none, its pinned names and key id dropped silently.
+ */
 export function metaStat(metaPath: string): Stats | undefined {
   try {
     return statSync(metaPath);
   } catch {
-    return undefined;
+    try {
+      return lstatSync(metaPath);
+    } catch {
+      return undefined;
+    }
   }
 }
 

@@ -18,18 +18,29 @@
  * the name too, store-files.ts) is this process's: a writer in a container
  * sharing the volume, or on another host of a network file system, has pids
  * that name no process here, or another one (pid 1 is every container's), so
- * its files, in progress or not, are left to a sweep in its own namespace.
+ * its files are removed only once STALE_SIDE_FILE_MS old. Left to a sweep in
+ * their own namespace, the side files of a previous boot (another boot id, so
+ * another pid space) or of a container gone for good stayed for ever.
  */
-import { readdirSync } from 'node:fs';
+import { lstatSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { PID_SPACE, SIDE_FILE, unlinkQuietly } from './store-files.js';
+
+/**
+ * Age (since its last change: ctime, which an `.aside` link's making sets,
+ * where its mtime is the old metadata's) past which a side file of another
+ * pid space is a leftover: STALE_LOCK_MS (store-lock.ts, which imports this
+ * module), past which its writer's lock is taken over, so no write of it can
+ * still be going on. A write takes milliseconds.
+ */
+export const STALE_SIDE_FILE_MS = 60_000;
 
 /**
  * Removes the leftover side files of entry `entry` (every entry's when
  * undefined); returns the names removed. Best effort: a directory that cannot
  * be listed, or a file already gone, is not an error.
  */
-export function sweepLeftovers(dir: string, entry?: string): string[] {
+export function sweepLeftovers(dir: string, entry?: string, now = Date.now()): string[] {
   let files: string[];
   try {
     files = readdirSync(dir);
@@ -42,11 +53,21 @@ export function sweepLeftovers(dir: string, entry?: string): string[] {
     if (side === null) continue;
     const [, target, pid, space] = side;
     if (entry !== undefined && target !== `${entry}.pem` && target !== `${entry}.json`) continue;
-    if (!/\.(pem|json)$/.test(target!) || space !== PID_SPACE || !writerGone(Number(pid))) continue;
+    if (!/\.(pem|json)$/.test(target!)) continue;
+    if (space === PID_SPACE ? !writerGone(Number(pid)) : !olderThan(join(dir, file), STALE_SIDE_FILE_MS, now)) continue;
     unlinkQuietly(join(dir, file));
     removed.push(file);
   }
   return removed;
+}
+
+/** Whether `file` last changed more than `ms` before `now`; false when it cannot be looked at (gone already). */
+function olderThan(file: string, ms: number, now: number): boolean {
+  try {
+    return now - lstatSync(file).ctimeMs > ms;
+  } catch {
+    return false;
+  }
 }
 
 /** Whether no write by the writer of pid `pid` (of this pid space) can be in progress: it is this process (whose store writes are synchronous) or none. */

@@ -125,10 +125,11 @@ function entryRef(dir: string, name: string, isLink: boolean, mayHaveMeta: boole
   }
   if (!chain.isFile()) {
     // A directory named like a chain is not an entry. A link to something other than a file (certbot's live/NAME
-    // directory for its fullchain.pem, say) is an operator's mistake: an entry whose read fails, naming it, so
-    // what it served keeps serving, rather than an entry silently gone.
-    if (!isLink) return undefined;
-    return { name, ...paths, mtimeMs: 0, size: 0, metaMtimeMs: undefined, statId: `notfile:${identity(chain)}`, changedAtMs: 0, link: true };
+    // directory for its fullchain.pem, say), or a FIFO, socket or device in the chain's place, is an operator's
+    // mistake: an entry whose read fails, naming it, so what it served keeps serving, rather than an entry silently
+    // gone (no refusal, no log, no last-served version at the next start).
+    if (!isLink && chain.isDirectory()) return undefined;
+    return { name, ...paths, mtimeMs: 0, size: 0, metaMtimeMs: undefined, statId: `notfile:${identity(chain)}`, changedAtMs: 0, link: isLink };
   }
   // lstat only for links: the readdir entry already says which ones are.
   const link = isLink ? lstatIdentity(paths.chainPath) : undefined;

@@ -5,6 +5,7 @@
  * `meta` of an etcd entry) with the one schema both check it against, so an
  * entry means the same in either home.
  */
+import { lstatSync } from 'node:fs';
 import { z } from 'zod';
 import { formatIssues } from '../../config/load.js';
 import { CertificateError } from './errors.js';
@@ -82,7 +83,10 @@ export function checkStoreMeta(raw: unknown): { readonly meta: StoreMeta } | { r
   return { problem: `${problem?.path ? `${problem.path}: ` : ''}${problem?.message ?? 'invalid'}` };
 }
 
-/** The metadata of entry `name` at `metaPath`: none (`{}`) when there is no file; CertificateError naming the file otherwise. */
+/**
+ * The metadata of entry `name` at `metaPath`: none (`{}`) when there is no file; CertificateError naming the file
+ * otherwise, a link whose target is missing included.
+ */
 export function readMeta(name: string, metaPath: string): { meta: StoreMeta; mtimeMs: number | undefined } {
   let text: string;
   let mtimeMs: number;
@@ -93,6 +97,11 @@ export function readMeta(name: string, metaPath: string): { meta: StoreMeta; mti
     text = read.text;
   } catch (err) {
     if (err instanceof CertificateError) throw err;
+    // A link whose target is gone is no "no metadata": the entry would be served for every SAN of its chain, not its
+    // pinned names, and could take names from other entries.
+    if (errno(err) === 'ENOENT' && isLink(metaPath)) {
+      throw new CertificateError(metaPath, 'the metadata is a symbolic link whose target is missing', { reason: 'parse', entry: name, cause: err });
+    }
     if (errno(err) === 'ENOENT') return { meta: {}, mtimeMs: undefined };
     throw new CertificateError(metaPath, `cannot read the metadata: ${errno(err)}`, { reason: 'parse', entry: name, cause: err });
   }
@@ -116,4 +125,12 @@ export function parseStoreMeta(raw: unknown): StoreMeta | string {
 
 function definedOnly(meta: StoreMeta): StoreMeta {
   return Object.fromEntries(Object.entries(meta).filter(([, v]) => v !== undefined)) as StoreMeta;
+}
+
+function isLink(file: string): boolean {
+  try {
+    return lstatSync(file).isSymbolicLink();
+  } catch {
+    return false;
+  }
 }

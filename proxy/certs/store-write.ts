@@ -39,7 +39,8 @@ import { checkEntryName, type EntryPaths, entryPaths } from './store-paths.js';
 /**
  * Creates or replaces entry `name` in `dir` (the caller validated it). Throws
  * KEYEDGE_ERR_CERT_LINKED when a file of it is a link, KEYEDGE_ERR_CERT_STORE
- * for bad metadata or a failed write (the metadata then put back as it was),
+ * for bad metadata or a failed write (the metadata then put back as it was)
+ * or, the entry written whole, a directory fsync that failed (syncDone),
  * KEYEDGE_ERR_CERT_STORE_GONE when the directory is not there or is not
  * `dirId` (when given), before or after the write, StoreConflictError
  * (KEYEDGE_ERR_STORE_CONFLICT) when another writer of the entry holds its
@@ -92,7 +93,6 @@ function writeHeld(dir: string, at: string, before: string, name: string, chainT
     written.meta = meta.id;
     renameSync(chain.temp, paths.chainPath);
     written.chain = chain.id;
-    fsyncDir(at);
   } catch (err) {
     // The temp files not renamed (those renamed are gone from their names already).
     for (const temp of temps) unlinkQuietly(temp);
@@ -120,6 +120,33 @@ function writeHeld(dir: string, at: string, before: string, name: string, chainT
     }
   } finally {
     dropAsides(asides);
+  }
+  syncDone(at, dir, name, 'written to');
+}
+
+/**
+ * The store directory fsync'd once a write's renames (or a removal's unlinks)
+ * are done. They stand whatever happens here: readers see them already, so a
+ * failure undoes nothing (undoing the metadata alone left the new chain
+ * without it, served for every SAN, or beside the old pinned key id, refused).
+ * A file system that cannot sync directories (EINVAL, ENOTSUP: as
+ * syncDirQuietly allows for) is no failure; any other (EIO) is said, naming
+ * what was done, so a caller does not take a change that stands for one that
+ * did not happen.
+ */
+function syncDone(at: string, dir: string, name: string, done: 'written to' | 'removed from'): void {
+  try {
+    fsyncDir(at);
+  } catch (err) {
+    const code = errno(err);
+    if (code === 'EINVAL' || code === 'ENOTSUP') return;
+    throw new CertificateStoreError(
+      'KEYEDGE_ERR_CERT_STORE',
+      name,
+      `certificate '${name}' was ${done} the certificate store ${dir}, but the directory could not be synced (${code}): ` +
+        'the change stands, and may not survive a crash of the host',
+      { cause: err },
+    );
   }
 }
 
@@ -158,7 +185,7 @@ function removeLocked(dir: string, name: string, paths: EntryPaths): void {
     if (errno(err) !== 'ENOENT')
       throw new CertificateStoreError('KEYEDGE_ERR_CERT_STORE', name, `cannot remove ${paths.metaPath}: ${errno(err)}`, { cause: err });
   }
-  fsyncDir(dir);
+  syncDone(dir, dir, name, 'removed from');
 }
 
 /** The entry's paths, once its name is checked and neither file is a link (store-links.ts). */

@@ -39,10 +39,11 @@
  * the known CA certificates). candidate.ts holds what they take and give.
  */
 import type * as x509 from '../../keyserver/shared/x509.js';
-import { type CertificateCandidate, refuser, type ValidatedCertificate, type ValidationContext } from './candidate.js';
+import { type CertificateCandidate, type Refuse, refuser, type ValidatedCertificate, type ValidationContext } from './candidate.js';
 import { servedCertificate } from './certificate.js';
-import { isSelfIssued, parseChain } from './chain.js';
+import { firstLine, isSelfIssued, parseChain } from './chain.js';
 import { completeChain, defaultIssuerPool } from './chain-completion.js';
+import { CertificateError } from './errors.js';
 import type { IssuerPool } from './issuers.js';
 import { checkKeyserverKey, checkPinnedKey } from './key-match.js';
 import { CA_CURVES, checkKey, LEAF_CURVES, signatureWeakness } from './key-strength.js';
@@ -90,6 +91,23 @@ export async function inspectStructure(
   afterKeys?: (chain: readonly x509.X509Certificate[]) => void,
 ): Promise<ValidatedCertificate> {
   const refuse = refuser(candidate);
+  try {
+    return await inspectRules(candidate, refuse, issuers, afterKeys);
+  } catch (err) {
+    // A part of a certificate the library decodes only when a rule reads it (chain.ts decodes every part it
+    // knows of up front; this is the backstop): a parse refusal of this entry, not an error that fails the
+    // whole pass naming no entry. The library's messages describe structure (ASN.1 schema), never content.
+    if (err instanceof CertificateError) throw err;
+    throw refuse('parse', `a certificate does not decode as X.509: ${firstLine(err)}`, err);
+  }
+}
+
+async function inspectRules(
+  candidate: CertificateCandidate,
+  refuse: Refuse,
+  issuers: IssuerPool | undefined,
+  afterKeys: ((chain: readonly x509.X509Certificate[]) => void) | undefined,
+): Promise<ValidatedCertificate> {
   const { chain, warnings: chainWarnings } = await parseChain(candidate);
   const warnings = [...chainWarnings];
   const leaf = chain[0]!;

@@ -44,7 +44,7 @@ export async function judgePending(
   issuers: string,
   tally: PassTally,
 ): Promise<void> {
-  const { previous, seen } = options;
+  const { seen } = options;
   await forEachLimited(tally.pending, VALIDATION_CONCURRENCY, async ({ candidate, from, inputId, kept }) => {
     try {
       const known = kept === undefined ? undefined : verdicts.get(inputId);
@@ -70,8 +70,9 @@ export async function judgePending(
         options.refusedConfig?.set(candidate.name, { inputId, issuers, refusal });
       }
       if (from === 'store' && RETRIED.has(err.reason)) seen.delete(candidate.name);
-      else if (from === 'store' && kept === undefined && !previous.has(candidate.name)) {
-        // Nothing of it serves, so the kept record does not stand for it: the refusal itself is remembered.
+      else if (from === 'store' && kept === undefined) {
+        // Remembered with the issuer pool it was judged under. Nothing of it serving, the refusal is carried over by
+        // later passes; a previous version serving, it serves on, until the files or the pool change (prepare-store.ts).
         const last = seen.get(candidate.name);
         const refusal = { name: candidate.name, source: candidate.source, reason: err.reason, message: err.message };
         if (last?.inputId === inputId) seen.set(candidate.name, { ...last, refused: { issuers, refusal } });

@@ -89,7 +89,16 @@ export async function listStore(options: PrepareOptions, issuers: string, verdic
     }
     const kept = previous.get(ref.name);
     const last = seen.get(ref.name);
-    if (kept !== undefined && kept.from === 'store' && last?.statId === ref.statId && last.unreadable === undefined && (last.settled || !options.verify)) {
+    // Unless these files were refused under another issuer pool: a renewal refused incomplete_chain while the old
+    // version serves is judged again once certStore.intermediates changes, else the old one served on until it expired.
+    if (
+      kept !== undefined &&
+      kept.from === 'store' &&
+      last?.statId === ref.statId &&
+      last.unreadable === undefined &&
+      (last.refused === undefined || last.refused.issuers === issuers) &&
+      (last.settled || !options.verify)
+    ) {
       tally.records.set(ref.name, kept);
       continue;
     }

@@ -44,9 +44,10 @@ export interface SeenStat {
   /** The files had not changed for QUIET_MS before they were read: any later change moves the identity. */
   readonly settled: boolean;
   /**
-   * This version was refused, with no version of the entry serving, under the issuer pool of this fingerprint: a
-   * later pass that finds the same identity (and pool) carries the refusal over, neither judging the entry again nor
-   * reporting it again. Not for a refusal time or the key server may lift (RETRIED): those are judged every pass.
+   * This version was refused under the issuer pool of this fingerprint: a later pass that finds the same identity
+   * (and pool) carries the refusal over when no version of the entry serves, or keeps the version that serves,
+   * neither judging the entry again nor reporting it again; with another pool it judges it again. Not for a refusal
+   * time or the key server may lift (RETRIED): those are judged every pass.
    */
   readonly refused?: { readonly issuers: string; readonly refusal: Refusal };
   /**

@@ -25,7 +25,10 @@ import { recordOfVerdict, type Refusal } from './spec.js';
  * A store entry whose files were refused serves the version the last run
  * served, judged again: the validity window and the key server's key (from
  * its verdict when one is remembered, else in full), so a version expired
- * since or whose key was deleted is not served. Not for a name the config's
+ * since or whose key was deleted is not served. Whatever the refusal, a
+ * `names` one included (a renewal that drops a name the entry pins, a leaf
+ * with IP SANs alone): a running proxy keeps the old version for it too, and
+ * the fallback serves the names the old version served. Not for a name the config's
  * certificates hold (refused for it, or now in the config), nor for an entry
  * gone from the store (it is not listed, so not refused); nor, for a fleet's
  * version, once the entry's etcd revision is another than the one logged
@@ -42,7 +45,7 @@ export async function serveLastOnRefusal(
   if (lastServed === undefined) return;
   const fallbacks: { refusal: Refusal; last: ServedVersion }[] = [];
   for (const refusal of tally.refused) {
-    if (refusal.reason === 'names' || tally.records.has(refusal.name) || options.previous.has(refusal.name)) continue;
+    if (tally.records.has(refusal.name) || options.previous.has(refusal.name)) continue;
     if (options.config.certificates.some((c) => c.name === refusal.name)) continue;
     const last = lastServed(refusal.name);
     if (last === undefined || (last.revision !== undefined && last.revision !== refusedAt.get(refusal.name))) continue;

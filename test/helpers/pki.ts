@@ -54,6 +54,8 @@ export interface IssueOptions {
   readonly extendedKeyUsages?: readonly string[];
   /** A leaf that also says it is a CA (basicConstraints cA), as a misissued one may. */
   readonly leafIsCa?: boolean;
+  /** More extensions, as given (a malformed one included), after the others. */
+  readonly extraExtensions?: readonly x509.Extension[];
 }
 
 const DAY_MS = 86_400_000;
@@ -129,6 +131,7 @@ async function build(options: IssueOptions, issuer: TestCa | undefined, givenPub
   if (options.ocspUrl !== undefined) extensions.push(new x509.AuthorityInfoAccessExtension({ ocsp: [new x509.GeneralName('url', options.ocspUrl)] }));
   const sans = names(options);
   if (sans.length > 0) extensions.push(new x509.SubjectAlternativeNameExtension(sans));
+  extensions.push(...(options.extraExtensions ?? []));
 
   let cert: x509.X509Certificate;
   const hash = options.signatureHash ?? 'SHA-256';
