@@ -285,6 +285,34 @@ it('a forwarded GET whose answer waits on the client window, reset by the client
   });
 }, 30_000);
 
+it('an upload refused 413 mid-body, its rest left unread behind our RST_STREAM NO_ERROR, is logged and leaves the connection to its idle GOAWAY', async () => {
+  // Node 20 destroys such a stream only once its unread body is read to its end, which nothing does (body.ts paused
+  // it): no access line, and the connection never idle.
+  await withShortWorker('ec-413-unread', { http2IdleTimeoutMs: 1000, maxBodyBytes: 200 * 1024 }, async (short, { lines }) => {
+    const session = h2Connect(short.ports[0]!, ca, 'a.lab.test');
+    const goaway = new Promise<number>((resolve) => session.once('goaway', resolve));
+    try {
+      // No Content-Length: refused only once 200 KiB have streamed (to /slow, which answers nothing for 3 s).
+      const stream = session.request({ ':method': 'POST', ':path': '/slow', ':authority': 'a.lab.test' }, { endStream: false });
+      stream.on('error', () => undefined);
+      const status = new Promise<unknown>((resolve) => stream.once('response', (head) => resolve(head[':status'])));
+      stream.resume();
+      const chunk = Buffer.alloc(16 * 1024, 0x61);
+      for (let i = 0; i < 64 && !stream.closed; i++) {
+        stream.write(chunk);
+        await sleep(2);
+      }
+      expect(await status).toBe(413);
+      const code = await Promise.race([goaway, sleep(10_000).then(() => 'none')]);
+      expect(code, 'the idle GOAWAY within 10 s').toBe(http2.constants.NGHTTP2_NO_ERROR);
+    } finally {
+      session.destroy();
+    }
+    const logged = lines.filter((l) => l.access === true && l.path === '/slow');
+    expect(logged.map((l) => `${l.status} ${l.code}`)).toEqual(['413 KEYEDGE_HTTP_BODY_TOO_LARGE']);
+  });
+}, 30_000);
+
 it('a client that floods PINGs and never reads their acknowledgements has its connection closed, not held open for ever', async () => {
   // Node destroys such a session (its idle deadline passed with nothing moving) but closes the socket only once the
   // write in flight completes, which a client that never reads never lets happen: no stream, no timer was left.
