@@ -5,10 +5,14 @@ import type http2 from 'node:http2';
 import type net from 'node:net';
 import tls from 'node:tls';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { RunningWorker } from '../proxy/worker.js';
+import { Registry } from 'prom-client';
+import { createLogger } from '../keyserver/shared/log.js';
+import { ProxyMetrics } from '../proxy/metrics.js';
+import { type RunningWorker, startProxyWorker } from '../proxy/worker.js';
 import { closeSession, data, frame, h2Connect, headerFrames, hpackLiteral, RawH2, rstStream } from './helpers/h2.js';
+import { sleep } from './helpers/basics.js';
 import { waitFor } from './helpers/proxy-cluster.js';
-import { startKeylessLab, type KeylessLab } from './helpers/proxy-lab.js';
+import { jsonLineSink, startKeylessLab, type KeylessLab } from './helpers/proxy-lab.js';
 import { startOriginWorker } from './helpers/origin-worker.js';
 import { closeScriptedOrigin, scriptedOrigin } from './helpers/scripted-origin.js';
 
@@ -283,4 +287,76 @@ describe('request bodies sent as many tiny DATA frames', () => {
     expect({ unread: unread.read, readWhole: readWhole.read }, shown).toEqual({ unread: true, readWhole: true });
     expect({ unread: unread.grownMb < 32, readWhole: readWhole.grownMb < 32 }, shown).toEqual({ unread: true, readWhole: true });
   }, 300_000);
+});
+
+describe('a request whose client reset it while its body was read', () => {
+  // The client's RST_STREAM NO_ERROR ends the stream's readable side as if the body were whole: the read resolved with
+  // what had come, and the request, its client gone, still joined the origin's wait queue. With the origin's one place
+  // taken, eight such streams filled its queue for limits.originQueueTimeoutMs, and every other request got 503.
+  it('never waits for an origin place: the queue stays for requests whose client is there', async () => {
+    const held = new Set<net.Socket>();
+    const gateSockets = new Set<net.Socket>();
+    const gateHeads: string[] = [];
+    const gateLines: Record<string, unknown>[] = [];
+    const gateOrigin = scriptedOrigin(
+      { '/hold': (socket) => void held.add(socket), '/ok': 'HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok' },
+      { sockets: gateSockets, heads: gateHeads },
+    );
+    const cert = await lab.certificate('review-gate', lab.keys.ec, [HOST]);
+    await new Promise<void>((resolve) => gateOrigin.listen(0, '127.0.0.1', resolve));
+    // A second worker in this process: its metrics in a registry of their own. No per-client share (one client here).
+    const gated = await startProxyWorker(
+      lab.proxyConfig({
+        certificates: [{ name: 'review-gate', chain: cert.file }],
+        limits: { originMaxConnections: 1, originMaxQueue: 8, originQueueTimeoutMs: 30_000, maxConnectionsPerClient: null },
+        domains: [{ name: HOST, origin: `http://127.0.0.1:${(gateOrigin.address() as net.AddressInfo).port}` }],
+      }),
+      {
+        log: createLogger('http2-review-gate-test', 'info', jsonLineSink(gateLines)),
+        metrics: new ProxyMetrics(() => proxy.keySource.stats(), new Registry()),
+      },
+    );
+    const session = h2Connect(gated.ports[0]!, ca, HOST);
+    let client: RawH2 | undefined;
+    try {
+      // The origin's one place, held until its socket is destroyed below.
+      const holder = session.request({ ':path': '/hold' });
+      holder.on('error', () => undefined);
+      await waitFor('the held request at the origin', () => (held.size === 1 ? true : undefined));
+      // Its preface at once: a client that acknowledges the server's SETTINGS first has sent no preface (RFC 9113 §3.4).
+      client = new RawH2(gated.ports[0]!, ca, HOST);
+      await client.secure;
+      client.preface();
+      const block = Buffer.concat([Buffer.from([0x83, 0x87]), hpackLiteral(':path', '/dead'), hpackLiteral(':authority', HOST)]);
+      for (let i = 0; i < 8; i++) {
+        const id = 2 * i + 1;
+        client.write(Buffer.concat([headerFrames(id, block, false), data(id, Buffer.alloc(10, 0x61), false)]));
+        await sleep(50);
+        client.write(rstStream(id, 0));
+        await sleep(20);
+      }
+      await waitFor('the eight access lines', () => (gateLines.filter((l) => l.access === true && l.path === '/dead').length === 8 ? true : undefined));
+      // An honest request now waits for the place (before the fix: 503 at once, the queue full of dead waiters).
+      const honest = new Promise<{ status: number | undefined; code: number | string | undefined }>((resolve) => {
+        let status: number | undefined;
+        const stream = session.request({ ':path': '/ok' });
+        stream.on('response', (head) => (status = Number(head[':status'])));
+        stream.on('data', () => undefined);
+        stream.on('error', () => undefined);
+        stream.on('close', () => resolve({ status, code: stream.rstCode }));
+      });
+      const early = await Promise.race([honest, sleep(500).then(() => 'waiting')]);
+      expect(early, 'the honest request waits for the place').toBe('waiting');
+      for (const socket of held) socket.destroy();
+      expect((await honest).status).toBe(200);
+      expect(gateHeads.filter((h) => h.includes('/dead'))).toEqual([]);
+      const dead = gateLines.filter((l) => l.access === true && l.path === '/dead');
+      expect(dead.map((l) => `${l.status} ${l.code}`)).toEqual(Array.from({ length: 8 }, () => '499 KEYEDGE_HTTP_CLIENT_CLOSED'));
+    } finally {
+      client?.tls.destroy();
+      session.destroy();
+      await gated.close();
+      await closeScriptedOrigin(gateOrigin, gateSockets);
+    }
+  }, 30_000);
 });

@@ -11,9 +11,9 @@ import { createLogger } from '../keyserver/shared/log.js';
 import { ProxyMetrics } from '../proxy/metrics.js';
 import { startProxyWorker, type RunningWorker } from '../proxy/worker.js';
 import { sleep } from './helpers/basics.js';
-import { data, frame, getHeaders, h2Connect, h2Request, RawH2 } from './helpers/h2.js';
+import { data, frame, getHeaders, h2Connect, h2Request, RawH2, rstStream } from './helpers/h2.js';
 import { waitFor } from './helpers/proxy-cluster.js';
-import { startKeylessLab, type KeylessLab } from './helpers/proxy-lab.js';
+import { jsonLineSink, startKeylessLab, type KeylessLab } from './helpers/proxy-lab.js';
 
 // HTTP/2 connections a client opens and drops (gone mid-answer, gone before
 // any stream, closed gracefully): once they are closed, the worker must hold
@@ -130,19 +130,30 @@ it(`${3 * PER_WAY} HTTP/2 connections opened and dropped: the worker holds none 
   expect(await reachable()).toBeLessThan(PER_WAY / 4);
 }, 60_000);
 
-/** A second worker in this process, with `limits` (its metrics in a registry of their own), for `use`; closed after. */
-async function withShortWorker(label: string, limits: Record<string, number>, use: (short: RunningWorker) => Promise<void>): Promise<void> {
+/** What a short worker logged (its access lines among them) and counted. */
+interface ShortWorkerSeen {
+  readonly lines: Record<string, unknown>[];
+  readonly registry: Registry;
+}
+
+/** A second worker in this process, with `limits` (its metrics in a registry of their own, its lines collected), for `use`; closed after. */
+async function withShortWorker(
+  label: string,
+  limits: Record<string, number>,
+  use: (short: RunningWorker, seen: ShortWorkerSeen) => Promise<void>,
+): Promise<void> {
   const ec = await lab.certificate(label, lab.keys.ec, ['lab.test', '*.lab.test']);
+  const seen: ShortWorkerSeen = { lines: [], registry: new Registry() };
   const short = await startProxyWorker(
     lab.proxyConfig({
       certificates: [{ name: 'ec', chain: ec.file }],
       domains: [{ name: '*.lab.test', origin: originUrl }],
       limits: { maxConnectionsPerClient: null, ...limits },
     }),
-    { log: createLogger('h2-sessions-freed', 'silent'), metrics: new ProxyMetrics(() => proxy.keySource.stats(), new Registry()) },
+    { log: createLogger('h2-sessions-freed', 'info', jsonLineSink(seen.lines)), metrics: new ProxyMetrics(() => proxy.keySource.stats(), seen.registry) },
   );
   try {
-    await use(short);
+    await use(short, seen);
   } finally {
     await short.close();
   }
@@ -206,6 +217,99 @@ it('a connection whose stream the client reset, unanswered, after the idle timeo
     } finally {
       session.destroy();
     }
+  });
+}, 30_000);
+
+/** The h2 requests counted with `statusClass` and `code`. */
+async function h2Counted(registry: Registry, statusClass: string, code: string): Promise<number> {
+  const values = (await registry.getSingleMetric('keyedge_proxy_http_requests_total')?.get())?.values ?? [];
+  return values.find((v) => v.labels.protocol === 'h2' && v.labels.status_class === statusClass && v.labels.code === code)?.value ?? 0;
+}
+
+// Node 20 destroys a stream nghttp2 closed with NO_ERROR only once its writes are called back, and writes nghttp2 still
+// held for it when the client's RST_STREAM NO_ERROR closed it are never called back: such a stream stayed closed and
+// undestroyed for the connection's life, with no access line, no count, one of its concurrent streams taken, and the
+// connection never idle (no GOAWAY: held until the client closed it).
+it('streams the client resets with RST_STREAM NO_ERROR in the write that opened them, our 421 still queued, are logged and counted, and the connection still gets its idle GOAWAY', async () => {
+  await withShortWorker('ec-own-reset', { http2IdleTimeoutMs: 1000, http2MaxResetStreams: 10 }, async (short, { lines, registry }) => {
+    const raw = new RawH2(short.ports[0]!, ca, 'a.lab.test');
+    await raw.secure;
+    raw.preface();
+    // A name the certificate does not cover (421), each HEADERS followed by its RST_STREAM NO_ERROR in one write.
+    const ids = [1, 3, 5];
+    raw.write(Buffer.concat(ids.flatMap((id) => [getHeaders(id, 'other.example', `/own-reset-${id}`), rstStream(id, 0)])));
+    const sent = Date.now();
+    await Promise.race([raw.closed, sleep(10_000)]);
+    const closedAfter = Date.now() - sent;
+    raw.tls.destroy();
+    expect(raw.goaways, 'the idle GOAWAY').toEqual([http2.constants.NGHTTP2_NO_ERROR]);
+    expect(closedAfter, 'closed within 10 s').toBeLessThan(10_000);
+    // nghttp2 dropped our answer unsent: the line says what the client got, its leaving before any answer.
+    const logged = lines.filter((l) => l.access === true && String(l.path).startsWith('/own-reset-'));
+    expect(logged.map((l) => `${l.path} ${l.status} ${l.code} ${l.aborted} ${l.bytes}`).sort()).toEqual(
+      ids.map((id) => `/own-reset-${id} 499 KEYEDGE_HTTP_CLIENT_CLOSED true 0`),
+    );
+    expect(await h2Counted(registry, '4xx', 'KEYEDGE_HTTP_CLIENT_CLOSED')).toBe(ids.length);
+
+    // And as resets under an answer, they count against the connection: past limits.http2MaxResetStreams, GOAWAY
+    // ENHANCE_YOUR_CALM (before the fix: none, and at 128 of them Node ended the connection with INTERNAL_ERROR).
+    const flood = new RawH2(short.ports[0]!, ca, 'a.lab.test');
+    await flood.secure;
+    flood.preface();
+    flood.write(Buffer.concat(Array.from({ length: 20 }, (_, i) => [getHeaders(2 * i + 1, 'other.example', '/flood'), rstStream(2 * i + 1, 0)]).flat()));
+    await Promise.race([flood.closed, sleep(10_000)]);
+    flood.tls.destroy();
+    expect(flood.goaways[0], 'GOAWAY ENHANCE_YOUR_CALM').toBe(http2.constants.NGHTTP2_ENHANCE_YOUR_CALM);
+  });
+}, 40_000);
+
+it('a forwarded GET whose answer waits on the client window, reset by the client with RST_STREAM NO_ERROR after its head, is logged cut and leaves the connection to its idle GOAWAY', async () => {
+  await withShortWorker('ec-fwd-reset', { http2IdleTimeoutMs: 1000 }, async (short, { lines }) => {
+    // A window of 100 bytes: the 1 MiB answer's body waits in the worker when the client resets the stream.
+    const session = h2Connect(short.ports[0]!, ca, 'a.lab.test', { settings: { initialWindowSize: 100 } });
+    const goaway = new Promise<number>((resolve) => session.once('goaway', resolve));
+    try {
+      const stream = session.request({ ':path': '/fwd-reset', ':authority': 'a.lab.test' });
+      stream.on('error', () => undefined);
+      const head = await new Promise<http2.IncomingHttpHeaders>((resolve) => stream.once('response', resolve));
+      expect(head[':status']).toBe(200);
+      await sleep(100);
+      stream.close(http2.constants.NGHTTP2_NO_ERROR);
+      const code = await Promise.race([goaway, sleep(10_000).then(() => 'none')]);
+      expect(code, 'the idle GOAWAY within 10 s of the reset').toBe(http2.constants.NGHTTP2_NO_ERROR);
+    } finally {
+      session.destroy();
+    }
+    const logged = lines.filter((l) => l.access === true && l.path === '/fwd-reset');
+    expect(logged.map((l) => `${l.status} ${l.code} ${l.aborted}`)).toEqual(['200 KEYEDGE_HTTP_CLIENT_CLOSED true']);
+  });
+}, 30_000);
+
+it('an upload refused 413 mid-body, its rest left unread behind our RST_STREAM NO_ERROR, is logged and leaves the connection to its idle GOAWAY', async () => {
+  // Node 20 destroys such a stream only once its unread body is read to its end, which nothing does (body.ts paused
+  // it): no access line, and the connection never idle.
+  await withShortWorker('ec-413-unread', { http2IdleTimeoutMs: 1000, maxBodyBytes: 200 * 1024 }, async (short, { lines }) => {
+    const session = h2Connect(short.ports[0]!, ca, 'a.lab.test');
+    const goaway = new Promise<number>((resolve) => session.once('goaway', resolve));
+    try {
+      // No Content-Length: refused only once 200 KiB have streamed (to /slow, which answers nothing for 3 s).
+      const stream = session.request({ ':method': 'POST', ':path': '/slow', ':authority': 'a.lab.test' }, { endStream: false });
+      stream.on('error', () => undefined);
+      const status = new Promise<unknown>((resolve) => stream.once('response', (head) => resolve(head[':status'])));
+      stream.resume();
+      const chunk = Buffer.alloc(16 * 1024, 0x61);
+      for (let i = 0; i < 64 && !stream.closed; i++) {
+        stream.write(chunk);
+        await sleep(2);
+      }
+      expect(await status).toBe(413);
+      const code = await Promise.race([goaway, sleep(10_000).then(() => 'none')]);
+      expect(code, 'the idle GOAWAY within 10 s').toBe(http2.constants.NGHTTP2_NO_ERROR);
+    } finally {
+      session.destroy();
+    }
+    const logged = lines.filter((l) => l.access === true && l.path === '/slow');
+    expect(logged.map((l) => `${l.status} ${l.code}`)).toEqual(['413 KEYEDGE_HTTP_BODY_TOO_LARGE']);
   });
 }, 30_000);
 

@@ -128,8 +128,15 @@ export abstract class OriginExchange<Owner extends ExchangeOwner = ExchangeOwner
   abstract onData(chunk: Buffer): boolean;
   abstract onComplete(trailers: Buffer[] | string[] | null): void;
 
-  /** The next attempt, on `target`: a place at its gate (waited for only when there is none free), then the request to its pool. */
+  /**
+   * The next attempt, on `target`: a place at its gate (waited for only when there is none free), then the request to
+   * its pool. Not for a client already gone: an HTTP/2 client's RST_STREAM NO_ERROR ends its stream's body as if whole
+   * (Node pushes its end), so the body's read resolved, truncated, after the reset told us it left; such a request
+   * joined the origin's wait queue, where nothing would ever abandon it (`abandon` is made only as it enters), and
+   * held a waiting place for `limits.originQueueTimeoutMs`: a few filled the queue, and every other request got 503.
+   */
   attempt(target: OriginTarget | undefined = this.targets[this.attempts]): void {
+    if (this.clientGone) return this.finish(new ClientGone('the client left before its request was sent'));
     try {
       if (target === undefined) throw new Error('no origin configured');
       this.owner.onOrigin(target.url.origin);

@@ -32,7 +32,11 @@
  *   and an answer whose end (its last bytes, or its trailers) has waited on
  *   a shut flow-control window for `limits.sendTimeoutMs` is cut
  *   (`#checkEnds`: the send-stall clock only runs while a write is
- *   refused); a connection closing with no stream
+ *   refused); a stream nghttp2 closed with NO_ERROR that Node 20 would
+ *   never destroy (the client's RST_STREAM NO_ERROR over an answer still
+ *   queued, a request body left unread) is destroyed a second or two later,
+ *   so it is logged and counted and its connection can idle (`#checkClosed`);
+ *   a connection closing with no stream
  *   open whose last frames the client never takes is closed after
  *   `limits.sendTimeoutMs`, one Node destroyed after a second (`#checkLastWrite`).
  * Floods of frames are nghttp2's (settings.ts). `close()` sends GOAWAY
@@ -63,7 +67,7 @@ import { endedByNghttp2 } from './session-ended.js';
 import { disarmClosedSession } from './session-timer.js';
 import { http2ServerOptions } from './settings.js';
 import { handleStream, type Http2Connection, type StreamContext, type StreamHandlerOptions } from './stream.js';
-import { cutByUs, cutStalledEnd } from './stream-end.js';
+import { cutByUs, cutStalledEnd, destroyClosed } from './stream-end.js';
 
 /** Why a connection was closed by us (the `reason` label of keyedge_proxy_http2_connections_closed_total). */
 type Http2CloseReason = (typeof HTTP2_CLOSE_REASONS)[number];
@@ -142,6 +146,8 @@ export class Http2Sessions {
   #shuttingDown = false;
   /** Answers whose end waits on the client's window: since when, with how many bytes pending (#checkEnds). */
   readonly #ends = new WeakMap<ServerHttp2Stream, { readonly at: number; readonly pending: number }>();
+  /** Streams found closed but not destroyed by the last check (#checkClosed). */
+  readonly #closedSeen = new WeakSet<ServerHttp2Stream>();
 
   constructor(options: Http2Options) {
     this.#options = options;
@@ -248,7 +254,7 @@ export class Http2Sessions {
         continue;
       }
       if (session.destroyed) continue;
-      this.#checkEnds(live, now);
+      this.#checkEnds(session, live, now);
       if (!tcpConnectionGone(live.socket)) continue;
       this.#ended(session, true);
       live.socket.destroy();
@@ -305,8 +311,12 @@ export class Http2Sessions {
    * shut held it for ever, with no write refused, nothing queued on the
    * session and no access line.
    */
-  #checkEnds(live: Live, now: number): void {
+  #checkEnds(session: ServerHttp2Session, live: Live, now: number): void {
     for (const stream of live.open) {
+      if (stream.closed) {
+        if (!stream.destroyed) this.#checkClosed(session, live, stream, now);
+        continue;
+      }
       // Finished: all written, its END_STREAM gone, unless that waits on trailers a shut window holds back (origin-handler.ts).
       if (!stream.writableEnded || stream.destroyed || (stream.writableFinished && !endAwaitsTrailers(stream))) continue;
       const pending = stream.writableLength;
@@ -314,6 +324,34 @@ export class Http2Sessions {
       if (seen === undefined || seen.pending !== pending) this.#ends.set(stream, { at: now, pending });
       else if (now - seen.at >= this.#options.limits.sendTimeoutMs) cutStalledEnd(stream);
     }
+  }
+
+  /**
+   * A stream nghttp2 closed with NO_ERROR while its request body was not
+   * read to its end is destroyed by Node 20 only once that end is read
+   * (lib/internal/http2/core.js onStreamClose), and then only if all its
+   * writes were called back (kMaybeDestroy); neither may ever come:
+   * - the client's RST_STREAM NO_ERROR while our answer was still queued in
+   *   nghttp2 (our own answer, handed over in the read that carried the
+   *   reset; a forwarded answer held by the client's window): nghttp2 drops
+   *   those writes, and Node calls them back only as it destroys the stream;
+   * - a body left unread in the stream's buffer, paused (body.ts), after our
+   *   RST_STREAM NO_ERROR (stream-end.ts, exchange.ts) or the client's.
+   * Such a stream never emitted 'close': no access line, no count, its
+   * connection never idle (so never sent its GOAWAY) and one of its
+   * concurrent streams taken for the connection's life; at
+   * `limits.http2MaxConcurrentStreams` of them Node ended the connection.
+   * So a stream found closed and not destroyed on two checks in a row (a
+   * second or more) is destroyed: 'close' comes, with its line. A stream
+   * closed cleanly is destroyed as its writes are called back, long before.
+   * The client's reset under an answer not all written counts against the
+   * connection as #closed counts one that emitted 'aborted'.
+   */
+  #checkClosed(session: ServerHttp2Session, live: Live, stream: ServerHttp2Stream, now: number): void {
+    if (!this.#closedSeen.has(stream)) return void this.#closedSeen.add(stream);
+    const resetUnderAnswer = !stream.writableFinished && !stream.aborted;
+    destroyClosed(stream);
+    if (resetUnderAnswer && !live.resets.reset(now) && !live.closing) this.#abuse(session, live);
   }
 
   #start(session: ServerHttp2Session): void {

@@ -48,6 +48,23 @@ export function cutStalledEnd(stream: ServerHttp2Stream): void {
   if (!stream.destroyed) stream.close(constants.NGHTTP2_CANCEL);
 }
 
+const closedLeft = new WeakSet<ServerHttp2Stream>();
+
+/**
+ * Destroys a stream nghttp2 closed with NO_ERROR that Node would never
+ * destroy (sessions.ts finds them): 'close' comes, with its access line.
+ * No reset goes out: the stream is closed already.
+ */
+export function destroyClosed(stream: ServerHttp2Stream): void {
+  closedLeft.add(stream);
+  stream.destroy();
+}
+
+/** Whether the stream was destroyed by destroyClosed, a second or more after nghttp2 closed it. */
+export function destroyedClosed(stream: ServerHttp2Stream): boolean {
+  return closedLeft.has(stream);
+}
+
 /** Whether the stream was reset for a reason of ours (an origin failed mid-answer), not counted against its client. */
 export function cutByUs(stream: ServerHttp2Stream): boolean {
   return cuts.has(stream);

@@ -40,7 +40,7 @@ import { answeredWhole, forwardStream, noteEndSent, type StreamForwardOptions } 
 import { type Http1Request, http1Request } from './headers.js';
 import { streamEnded } from './origin-handler.js';
 import { HEADERS_TOO_LARGE, headersOverLimit, ownAnswer } from './own-answers.js';
-import { answer, cut, stalledEnd } from './stream-end.js';
+import { answer, cut, destroyedClosed, stalledEnd } from './stream-end.js';
 import { boundUnreadChunks, tinyFramesReset } from './unread-chunks.js';
 
 /** What a stream needs to know of its connection: read once, after the handshake. */
@@ -253,8 +253,11 @@ class StreamRecord implements StreamForwardOptions, StreamAccess {
     this.context.onClosed(stream);
     this.seconds = Number(process.hrtime.bigint() - this.started) / 1e9;
     // Reset (by the client, or by us in the same read: tiny frames) before Node wrote our answer: nghttp2 dropped its
-    // HEADERS unsent (RFC 9113 §5.1). A stream closed cleanly as it went out (its END_STREAM) has no reset code.
-    if (this.unsent && (stream.rstCode ?? constants.NGHTTP2_NO_ERROR) !== constants.NGHTTP2_NO_ERROR) this.unanswered();
+    // HEADERS unsent (RFC 9113 §5.1). A stream closed cleanly as it went out (its END_STREAM) has no reset code, and is
+    // destroyed as its writes are called back; one the client reset with NO_ERROR is destroyed by its connection's
+    // check (sessions.ts), its writes never called back (one we closed, its answer finished, is whole).
+    if (this.unsent && ((stream.rstCode ?? constants.NGHTTP2_NO_ERROR) !== constants.NGHTTP2_NO_ERROR || (destroyedClosed(stream) && !stream.writableFinished)))
+      this.unanswered();
     this.aborted = this.reset || !answeredWhole(stream);
     const ours = this.code ?? (stalledSend(stream as unknown as ServerResponse) || stalledEnd(stream) ? 'KEYEDGE_HTTP_SEND_TIMEOUT' : ourReset(stream));
     this.code = this.aborted && ours === undefined ? 'KEYEDGE_HTTP_CLIENT_CLOSED' : ours;
@@ -287,10 +290,13 @@ class StreamRecord implements StreamForwardOptions, StreamAccess {
 /**
  * Node writes what nghttp2 holds in its check phase (a native immediate, run
  * before this one): by now our answer head has gone out, unless its stream was
- * reset first.
+ * reset first. A stream already closed keeps `unsent` for `closed` to judge:
+ * its END_STREAM went out, we closed it (stream-end.ts), or a reset in the
+ * read that carried its request closed it (one with NO_ERROR is left
+ * undestroyed until its connection's check, sessions.ts).
  */
 function flushed(record: StreamRecord): void {
-  record.unsent = false;
+  if (!record.stream.closed) record.unsent = false;
 }
 
 /** 'aborted' (a reset while the answer was open) and 'close' (every end): each comes once, and `on` spares once()'s wrapper. */
