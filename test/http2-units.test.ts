@@ -8,6 +8,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { loadProxyConfig } from '../config/load.js';
 import { http1Request, http2Answer, http2Fields } from '../proxy/http2/headers.js';
 import { ResetGuard } from '../proxy/http2/reset-guard.js';
+import { answer } from '../proxy/http2/stream-end.js';
 import { endedByNghttp2 } from '../proxy/http2/session-ended.js';
 import { http2ServerOptions } from '../proxy/http2/settings.js';
 import { createCa, issue } from './helpers/pki.js';
@@ -195,6 +196,40 @@ describe('nghttp2 done with a session (session-ended.ts), on the Node in use', (
       broken.destroy();
     } finally {
       for (const session of sessions) session.destroy();
+      await new Promise((resolve) => server.close(resolve));
+    }
+  });
+});
+
+describe('our own answer on a stream already closed (stream-end.ts answer)', () => {
+  it('sends nothing and throws nothing on a stream closed but not yet destroyed', async () => {
+    const ca = await createCa('answer-closed');
+    const leaf = await issue(ca, { commonName: 'h2.test', dnsNames: ['h2.test'], keyAlgorithm: 'ec-p256' });
+    const server = http2.createSecureServer({ key: leaf.keyPem, cert: leaf.certPem });
+    const seen = new Promise<{ closed: boolean; destroyed: boolean; threw: unknown }>((resolve) =>
+      server.on('stream', (stream) => {
+        stream.on('error', () => undefined);
+        // A stream closed with NO_ERROR is left undestroyed while its readable side is open (Node 20's onStreamClose).
+        stream.close(http2.constants.NGHTTP2_NO_ERROR);
+        let threw: unknown;
+        try {
+          answer(stream, { status: 421, code: 'KEYEDGE_HTTP_MISDIRECTED', body: 'x' }, {});
+        } catch (err) {
+          // Before: ERR_HTTP2_INVALID_STREAM, which a 'stream' listener would have thrown into the worker.
+          threw = (err as { code?: string }).code;
+        }
+        resolve({ closed: stream.closed, destroyed: stream.destroyed, threw });
+      }),
+    );
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    const client = http2.connect(`https://127.0.0.1:${(server.address() as AddressInfo).port}`, { rejectUnauthorized: false });
+    client.on('error', () => undefined);
+    const request = client.request({ ':method': 'POST', ':path': '/' }, { endStream: false });
+    request.on('error', () => undefined);
+    try {
+      expect(await seen).toEqual({ closed: true, destroyed: false, threw: undefined });
+    } finally {
+      client.destroy();
       await new Promise((resolve) => server.close(resolve));
     }
   });

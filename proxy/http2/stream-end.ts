@@ -72,7 +72,9 @@ export function cutByUs(stream: ServerHttp2Stream): boolean {
 
 /** Our answer: a short plain body and a stable code; no connection fields (RFC 9113 §8.2.2), whatever the refusal lists. */
 export function answer(stream: ServerHttp2Stream, { status, code, body, headers: own }: Refusal, extra: Readonly<Record<string, string>>): void {
-  if (stream.destroyed || stream.headersSent) return;
+  // Closed, not yet destroyed (closed with NO_ERROR, by the client or by us; or its session ending): Node's respond
+  // throws ERR_HTTP2_INVALID_STREAM on it, and from a 'stream' listener that throw is uncaught and ends the worker.
+  if (stream.destroyed || stream.closed || stream.headersSent) return;
   const head: OutgoingHttpHeaders = http2Answer(
     status,
     { ...extra, ...own },

@@ -220,6 +220,9 @@ class StreamRecord implements StreamForwardOptions, StreamAccess {
   }
 
   respond(refusal: Refusal): void {
+    // Closed before our answer (with NO_ERROR, by the client or its session's end): nothing can go out (answer() sends
+    // nothing), and the line says what the client got, its leaving unanswered, as for any stream it resets.
+    if (this.stream.closed || this.stream.destroyed) return;
     this.code = refusal.code;
     this.status = refusal.status;
     this.answered = true;
