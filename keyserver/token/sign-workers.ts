@@ -74,7 +74,8 @@
  * An RSA signature is checked against the key's public key where it was made,
  * on its thread or inline (sign-verify.ts), before `sign()` gives it back.
  *
- * Contract: `sign()` returns the raw signature (signed inline) or a promise of
+ * Contract: the constructor opens every session (the inline one, one a thread) before it starts a thread, so one the
+ * token refuses fails it with nothing left open or running. `sign()` returns the raw signature (signed inline) or a promise of
  * it (signed on a thread); either way a failure is a TokenError with the
  * token's CKR_ reason (thrown, or a rejection), or, for an RSA signature that
  * does not verify, KEYEDGE_ERR_TOKEN_SIGNATURE (sign-verify.ts
@@ -193,7 +194,17 @@ export class SigningWorkers {
     this.#token = token;
     // One session each for: management (the Token's), the inline path, every thread.
     this.size = Math.max(1, Math.min(count, token.maxSessions - 2));
-    this.#inlineSession = token.openSession();
+    // Every session is opened before any thread starts: a token that refuses one (at its session limit) fails the build
+    // with nothing left behind. Started first, the threads before it kept running, sessions and all, on every failed
+    // build, and a reopen retries the build about once a second.
+    const sessions: pkcs11js.Handle[] = [];
+    try {
+      for (let index = 0; index <= this.size; index++) sessions.push(token.openSession());
+    } catch (err) {
+      for (const session of sessions) token.closeSession(session);
+      throw err;
+    }
+    this.#inlineSession = sessions[0]!;
     this.#sessionKeys = new SessionKeys(token.pkcs11, this.#inlineSession);
     const owner: ThreadOwner = {
       token,
@@ -203,7 +214,7 @@ export class SigningWorkers {
       failed: (lane) => this.#failed(lane),
       ready: () => this.#flush(),
     };
-    for (let index = 0; index < this.size; index++) this.#lanes.push(new SignThread(index, owner));
+    for (let index = 0; index < this.size; index++) this.#lanes.push(new SignThread(index, owner, sessions[index + 1]!));
     this.#watch = new StuckWatch(this.#lanes, stuck.stuckAfterMs, log, stuck.onStuck ?? (() => {}));
   }
 
