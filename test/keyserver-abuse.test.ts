@@ -178,6 +178,28 @@ describe('frame deadline', () => {
     }
     expect(await metricValue(server, DROPPED, { reason: 'frame_timeout' })).toBe(2);
   });
+
+  it('a burst of whole frames read back past the deadline loses nothing: the clock stands while the server has stopped reading', async () => {
+    // 4,000 GET_PUBLIC_KEY (47 bytes each, so reads end mid-frame) ask for 2.3 MB of RSA-4096 public keys: the answers
+    // back up, the server stops reading, a partial frame in its buffer. Before, its clock ran on, and 1 s later the
+    // connection was closed as if the client had left a frame unfinished: held requests and answers lost.
+    const key = keys.rsa!;
+    const COUNT = 4_000;
+    const frames = Buffer.concat(Array.from({ length: COUNT }, (_, i) => encodeRequest({ op: 'getPublicKey', id: i, keyId: Buffer.from(key.keyId, 'hex') })));
+    const conn = await RawConnection.connect(server.unixPath!);
+    try {
+      conn.socket.pause();
+      conn.write(frames);
+      await sleep(3 * DEADLINE);
+      conn.socket.resume();
+      await Promise.race([conn.closed, waitFor(`${COUNT} answers`, () => conn.responses.length === COUNT, 20_000)]);
+      expect(conn.isClosed, `closed after ${conn.responses.length} of ${COUNT} answers`).toBe(false);
+      expect(conn.responses.every((r, i) => r.op === 'publicKey' && r.id === i)).toBe(true);
+    } finally {
+      conn.close();
+    }
+    expect(await metricValue(server, DROPPED, { reason: 'frame_timeout' })).toBe(2);
+  });
 });
 
 describe('a frame trickled a byte a read', () => {

@@ -29,7 +29,12 @@
  * connection is closed without an answer. Clients write each frame in one go,
  * so a frame pending for seconds is a broken or hostile peer holding a slot;
  * the clock restarts with each frame, so a busy pipelined stream whose reads
- * always end mid-frame is never cut. A connection with nothing pending is
+ * always end mid-frame is never cut. It stands while the server itself has
+ * stopped reading (the client's answers backed up) and starts afresh when
+ * reading resumes: the rest of the frame cannot arrive meanwhile, and running
+ * on it closed a client that had sent every byte of a burst, its held requests
+ * and answers lost, because it read its answers a deadline late (a proxy
+ * paused by GC or a busy CPU). A connection with nothing pending is
  * never timed out: the proxy's bridge keeps one open between handshakes and
  * has no ping. Bad-frame and deadline lines go through the LogLimiter, since
  * a client can cause them at will, keyed by client rule (authz.ts) as the
@@ -137,11 +142,13 @@ export class KeyserverConnection {
     socket.on('data', (chunk: Buffer) => this.#onData(chunk));
     socket.on('drain', () => {
       this.#answerHeld();
-      // Reading was paused on our side (the client's answers backed up): a frame's clock counts from here.
-      this.#deadline?.refresh();
       // Not while the last held frame's answer backed the socket up again: every frame read then would be held, with
       // no pause to come (only an answer pauses), for as long as the client writes and reads nothing. The next drain resumes.
-      if (this.#held.length === 0 && !socket.writableNeedDrain) socket.resume();
+      if (this.#held.length === 0 && !socket.writableNeedDrain) {
+        socket.resume();
+        // Reading was paused on our side: the frame begun before the pause has its whole deadline from here.
+        if (this.#reader.bufferedBytes > 0 && !this.#reader.failed) this.#startFrameClock();
+      }
     });
     socket.on('close', () => {
       clearTimeout(this.#deadline);
@@ -177,16 +184,26 @@ export class KeyserverConnection {
       this.#reading = false;
       socket.uncork();
     }
-    if (this.#reader.bufferedBytes === 0 || this.#reader.failed) {
-      clearTimeout(this.#deadline);
-      this.#deadline = undefined;
+    // Paused (an answer of this chunk backed the socket up): no clock until reading resumes, on drain.
+    if (this.#reader.bufferedBytes === 0 || this.#reader.failed || socket.isPaused()) {
+      this.#stopFrameClock();
     } else if (this.#deadline === undefined) {
-      this.#deadline = setTimeout(() => this.#onFrameTimeout(), this.#limits.frameTimeoutMs);
+      this.#startFrameClock();
     } else if (this.#frames !== framesBefore) {
       // A frame completed and the next one started in this chunk: its clock starts now.
       this.#deadline.refresh();
     }
     this.#updateState();
+  }
+
+  #startFrameClock(): void {
+    clearTimeout(this.#deadline);
+    this.#deadline = setTimeout(() => this.#onFrameTimeout(), this.#limits.frameTimeoutMs);
+  }
+
+  #stopFrameClock(): void {
+    clearTimeout(this.#deadline);
+    this.#deadline = undefined;
   }
 
   #onFrameTimeout(): void {
@@ -278,7 +295,11 @@ export class KeyserverConnection {
         socket.uncork();
       });
     }
-    if (!socket.write(encodeResponse(response))) socket.pause();
+    if (!socket.write(encodeResponse(response))) {
+      socket.pause();
+      // No more of a pending frame can arrive until the drain resumes reading (the frame deadline, above).
+      this.#stopFrameClock();
+    }
   }
 
   /** Answers held frames, in order, until the socket backs up again or none is left. */
