@@ -297,6 +297,54 @@ describe('per-client cap', () => {
   });
 });
 
+describe('a connection whose answers back up', () => {
+  const DEADLINE = 1_000;
+  serverWith({ limits: { maxConnectionsPerClient: 2, frameTimeoutMs: DEADLINE } });
+
+  it('is busy, not stalled, while the server holds its requests or answers: a newcomer evicts an idle one, until it is left unread past the frame deadline', async () => {
+    const key = keys.rsa!;
+    const COUNT = 4_000;
+    const frames = Buffer.concat(Array.from({ length: COUNT }, (_, i) => encodeRequest({ op: 'getPublicKey', id: i, keyId: Buffer.from(key.keyId, 'hex') })));
+    const ping = async (conn: RawConnection): Promise<void> =>
+      void expect((await conn.send({ op: 'ping', id: nextId++, payload: Buffer.alloc(0) })).op).toBe('pong');
+    /** The state of each connection evicted, as logged. */
+    const evicted = (): string[] =>
+      logs.find(/^connection closed to admit a new one: /).map((line) => /this one was (\w+)$/.exec(String(line.msg))?.[1] ?? String(line.msg));
+    const conns: RawConnection[] = [];
+    const connect = async (): Promise<RawConnection> => {
+      const conn = await RawConnection.connect(server.unixPath!);
+      conns.push(conn);
+      return conn;
+    };
+    try {
+      // A's 2.3 MB of answers back up: the server holds the rest of its read (a partial frame among it) and stops reading.
+      const a = await connect();
+      a.socket.pause();
+      a.write(frames);
+      await sleep(300);
+      const b = await connect();
+      await ping(b);
+      // At the cap: before, A (a partial frame buffered) was the stalled one, evicted first, its requests and answers lost.
+      const c = await connect();
+      await ping(c);
+      await waitFor('an eviction', async () => (await metricValue(server, DROPPED, { reason: 'evicted_client_cap' })) === 1);
+      expect(evicted()).toEqual(['idle']);
+      await closedWithin(b, 3_000);
+      // Unread past the frame deadline, A is a stalled connection: the next newcomer takes its place, not idle C's.
+      await sleep(DEADLINE + 500);
+      const d = await connect();
+      await ping(d);
+      await waitFor('a second eviction', async () => (await metricValue(server, DROPPED, { reason: 'evicted_client_cap' })) === 2);
+      expect(evicted()).toEqual(['idle', 'stalled']);
+      a.socket.resume();
+      await closedWithin(a, 3_000);
+      expect(c.isClosed).toBe(false);
+    } finally {
+      for (const conn of conns) conn.close();
+    }
+  });
+});
+
 describe('every connection busy', () => {
   // One signing session, so RSA-4096 signs queue for seconds; a request deadline they cannot reach.
   serverWith({ pkcs11: { sessions: 1 }, limits: { maxConnections: 2, requestTimeoutMs: 60_000 } });

@@ -44,7 +44,13 @@
  *
  * `state` (busy: requests in flight; stalled: a partial frame pending, or no
  * frame yet; idle: neither) is reported to `onState` on each change, for the
- * daemon's admission (admission.ts).
+ * daemon's admission (admission.ts). Requests held and answers unsent while
+ * the server has stopped reading count as in flight (SPEC.md, "Connection
+ * caps"): counted stalled for the partial frame among them, such a connection
+ * was the first a newcomer evicted, its requests and answers lost. Until its
+ * client leaves them unread for `frameTimeoutMs` (as long as a frame may take
+ * to arrive): then it is stalled, or a client that never reads would hold its
+ * connections past any newcomer's need, on the unix socket the proxy's too.
  *
  * Its signs waiting for a signing thread take turns with other connections'
  * (sign-queue.ts; the close signal below names the connection there), so its
@@ -111,6 +117,9 @@ export class KeyserverConnection {
   #frames = 0;
   #state: ConnectionState = 'stalled';
   #deadline: NodeJS.Timeout | undefined;
+  /** Runs while the client's answers are backed up (reading paused); when it fires they have been unread too long (`state`). */
+  #unreadTimer: NodeJS.Timeout | undefined;
+  #unreadTooLong = false;
   /** Set once the connection is ended for a fatal fault: destroys it if the client has not closed by then. */
   #closeTimer: NodeJS.Timeout | undefined;
   #corked = false;
@@ -141,6 +150,10 @@ export class KeyserverConnection {
     });
     socket.on('data', (chunk: Buffer) => this.#onData(chunk));
     socket.on('drain', () => {
+      // The client reads: its bound on leaving answers unread starts over at the next pause.
+      clearTimeout(this.#unreadTimer);
+      this.#unreadTimer = undefined;
+      this.#unreadTooLong = false;
       this.#answerHeld();
       // Not while the last held frame's answer backed the socket up again: every frame read then would be held, with
       // no pause to come (only an answer pauses), for as long as the client writes and reads nothing. The next drain resumes.
@@ -152,6 +165,7 @@ export class KeyserverConnection {
     });
     socket.on('close', () => {
       clearTimeout(this.#deadline);
+      clearTimeout(this.#unreadTimer);
       clearTimeout(this.#closeTimer);
       this.#held = [];
       this.#closed.abort();
@@ -218,7 +232,10 @@ export class KeyserverConnection {
   }
 
   #updateState(): void {
-    const state = this.#inFlight > 0 ? 'busy' : this.#frames === 0 || this.#reader.bufferedBytes > 0 ? 'stalled' : 'idle';
+    // Requests held, or answers not yet taken by the client: in flight, until left unread too long.
+    const backedUp = this.#held.length > 0 || this.socket.writableNeedDrain;
+    const state =
+      this.#inFlight > 0 || (backedUp && !this.#unreadTooLong) ? 'busy' : backedUp || this.#frames === 0 || this.#reader.bufferedBytes > 0 ? 'stalled' : 'idle';
     if (state === this.#state) return;
     this.#state = state;
     this.#onState(state);
@@ -299,6 +316,11 @@ export class KeyserverConnection {
       socket.pause();
       // No more of a pending frame can arrive until the drain resumes reading (the frame deadline, above).
       this.#stopFrameClock();
+      this.#unreadTimer ??= setTimeout(() => {
+        this.#unreadTooLong = true;
+        this.#updateState();
+      }, this.#limits.frameTimeoutMs);
+      this.#updateState();
     }
   }
 
