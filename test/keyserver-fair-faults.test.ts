@@ -105,8 +105,9 @@ function logLines(msg: RegExp): Record<string, unknown>[] {
     .filter((line) => typeof line.msg === 'string' && msg.test(line.msg));
 }
 
-async function startKeyserver(limits: Record<string, number>): Promise<ChildProcess> {
-  const configFile = writeConfigFile(dir, { log: { level: 'info' }, limits });
+/** `threads`: its signing threads (pkcs11.sessions), all of them up before it resolves. */
+async function startKeyserver(limits: Record<string, number>, threads = 2): Promise<ChildProcess> {
+  const configFile = writeConfigFile(dir, { log: { level: 'info' }, limits, pkcs11: { sessions: threads } });
   output = '';
   const started = spawn(process.execPath, [CLI, 'keyserver', '--config', configFile], {
     stdio: ['ignore', 'pipe', 'pipe'],
@@ -124,7 +125,7 @@ async function startKeyserver(limits: Record<string, number>): Promise<ChildProc
     30_000,
   );
   adminPort = (ready.admin as { port: number }).port;
-  await waitFor('both signing threads up', async () => (await metricValue({ adminPort }, 'keyedge_keyserver_sign_threads_up')) === 2 || undefined);
+  await waitFor('the signing threads up', async () => (await metricValue({ adminPort }, 'keyedge_keyserver_sign_threads_up')) === threads || undefined);
   return started;
 }
 
@@ -135,6 +136,8 @@ async function connect(): Promise<RawConnection> {
 }
 
 let nextId = 1;
+/** Signs a signing thread holds at most: two batches of eight (sign-thread.ts WINDOW, BATCH_MAX). */
+const BATCHES_HELD = 16;
 
 /** `count` RSA signs written on `connection` in one write; their ids and messages. */
 function writeSigns(connection: RawConnection, count: number): { id: number; message: Buffer }[] {
@@ -277,6 +280,34 @@ it('the last signing thread dying with thousands of signs queued: they are signe
   // a few turns. A second is the margin for a loaded machine.
   expect(slowestMs).toBeLessThan(1_000);
 }, 90_000);
+
+it("a signing thread dying: the signs it held are made again in the order they were asked for, ahead of their connection's others", async () => {
+  // One thread: it holds two batches in the token (BATCHES_HELD signs), the rest of the signs queued behind them.
+  await startKeyserver({ requestTimeoutMs: 20_000, shutdownGraceMs: 1_000 }, 1);
+  fault('thread-hang', true);
+  const connection = await connect();
+  const signs = writeSigns(connection, 100);
+  let last = -1;
+  await waitFor('the signs read', async () => {
+    const inFlight = await metricValue({ adminPort }, 'keyedge_keyserver_in_flight_requests');
+    const settled = inFlight === last && inFlight + connection.responses.length === signs.length;
+    last = inFlight;
+    return settled || undefined;
+  });
+  // Those answered so far were signed on the event loop as they were read (its budget refilling between reads).
+  const answeredBefore = connection.responses.length;
+  // The thread ends at its next C_Sign (and each restart at its first): its signs and the queue are the event loop's.
+  fault('thread-crash', true);
+  fault('thread-hang', false);
+  releaseHang();
+  await Promise.all(signs.map(({ id }) => connection.answer(id, 20_000)));
+  expect(connection.responses.every((answer) => answer.op === 'signature')).toBe(true);
+  // Before: each of the dead thread's signs was put back at the head of its connection's queue, oldest first, so
+  // they were made newest first: "2 ... 17" answered "17 16 ... 2".
+  const order = connection.responses.slice(answeredBefore).map((answer) => answer.id);
+  expect(order.length).toBeGreaterThan(BATCHES_HELD);
+  expect(order.join(' ')).toBe([...order].sort((a, b) => a - b).join(' '));
+}, 60_000);
 
 it('a connection answered DEADLINE_EXCEEDED again and again cannot pile up signs in the queue past its cap on requests in flight', async () => {
   // A short deadline: the flooder's signs, one a turn behind 20 other connections' signs, expire queued. Each

@@ -400,7 +400,8 @@ export class SigningWorkers {
    * stuck): none waits for a restart that may be seconds away.
    */
   #failed(lane: SignThread): void {
-    for (const pending of [...this.#pending.values()]) if (pending.lane === lane) this.#retry(pending);
+    // Newest first: each is put back at the head of its connection's queue, so they are made again oldest first.
+    for (const pending of [...this.#pending.values()].reverse()) if (pending.lane === lane) this.#retry(pending);
     if (!this.#anyTakesJobs()) this.#signQueuedInline();
     this.#drainedCheck();
   }
