@@ -55,8 +55,8 @@
  * Its signs waiting for a signing thread take turns with other connections'
  * (sign-queue.ts; the close signal below names the connection there), so its
  * backlog, at most `maxInFlight`, holds up no other connection's signs. When
- * the socket closes, its signs still waiting are dropped (sign-workers.ts): a
- * client cannot queue work, leave, and repeat.
+ * the client's stream ends or the socket closes, its signs still waiting are
+ * dropped (sign-workers.ts): a client cannot queue work, leave, and repeat.
  */
 import type { Socket } from 'node:net';
 import { ProtocolError } from '../shared/errors.js';
@@ -162,6 +162,13 @@ export class KeyserverConnection {
         // Reading was paused on our side: the frame begun before the pause has its whole deadline from here.
         if (this.#reader.bufferedBytes > 0 && !this.#reader.failed) this.#startFrameClock();
       }
+    });
+    // The client's end of stream ends the connection (SPEC.md, "End of stream"): its side is ended too, so nothing is
+    // answered after it, and what was not started is dropped now. Not at the close alone: that waits for the answers
+    // already written, which a client that ended its side and reads no more may never take, its signs made meanwhile.
+    socket.on('end', () => {
+      this.#held = [];
+      this.#closed.abort();
     });
     socket.on('close', () => {
       clearTimeout(this.#deadline);
