@@ -178,6 +178,28 @@ describe('frame deadline', () => {
     }
     expect(await metricValue(server, DROPPED, { reason: 'frame_timeout' })).toBe(2);
   });
+
+  it('a burst of whole frames read back past the deadline loses nothing: the clock stands while the server has stopped reading', async () => {
+    // 4,000 GET_PUBLIC_KEY (47 bytes each, so reads end mid-frame) ask for 2.3 MB of RSA-4096 public keys: the answers
+    // back up, the server stops reading, a partial frame in its buffer. Before, its clock ran on, and 1 s later the
+    // connection was closed as if the client had left a frame unfinished: held requests and answers lost.
+    const key = keys.rsa!;
+    const COUNT = 4_000;
+    const frames = Buffer.concat(Array.from({ length: COUNT }, (_, i) => encodeRequest({ op: 'getPublicKey', id: i, keyId: Buffer.from(key.keyId, 'hex') })));
+    const conn = await RawConnection.connect(server.unixPath!);
+    try {
+      conn.socket.pause();
+      conn.write(frames);
+      await sleep(3 * DEADLINE);
+      conn.socket.resume();
+      await Promise.race([conn.closed, waitFor(`${COUNT} answers`, () => conn.responses.length === COUNT, 20_000)]);
+      expect(conn.isClosed, `closed after ${conn.responses.length} of ${COUNT} answers`).toBe(false);
+      expect(conn.responses.every((r, i) => r.op === 'publicKey' && r.id === i)).toBe(true);
+    } finally {
+      conn.close();
+    }
+    expect(await metricValue(server, DROPPED, { reason: 'frame_timeout' })).toBe(2);
+  });
 });
 
 describe('a frame trickled a byte a read', () => {
@@ -269,6 +291,54 @@ describe('per-client cap', () => {
       expect(conns.slice(24).every((c) => !c.isClosed)).toBe(true);
       expect(await signsWith(10)).toBeLessThan(3_000);
       expect(await metricValue(server, DROPPED, { reason: 'evicted_connection_cap' })).toBe(0);
+    } finally {
+      for (const conn of conns) conn.close();
+    }
+  });
+});
+
+describe('a connection whose answers back up', () => {
+  const DEADLINE = 1_000;
+  serverWith({ limits: { maxConnectionsPerClient: 2, frameTimeoutMs: DEADLINE } });
+
+  it('is busy, not stalled, while the server holds its requests or answers: a newcomer evicts an idle one, until it is left unread past the frame deadline', async () => {
+    const key = keys.rsa!;
+    const COUNT = 4_000;
+    const frames = Buffer.concat(Array.from({ length: COUNT }, (_, i) => encodeRequest({ op: 'getPublicKey', id: i, keyId: Buffer.from(key.keyId, 'hex') })));
+    const ping = async (conn: RawConnection): Promise<void> =>
+      void expect((await conn.send({ op: 'ping', id: nextId++, payload: Buffer.alloc(0) })).op).toBe('pong');
+    /** The state of each connection evicted, as logged. */
+    const evicted = (): string[] =>
+      logs.find(/^connection closed to admit a new one: /).map((line) => /this one was (\w+)$/.exec(String(line.msg))?.[1] ?? String(line.msg));
+    const conns: RawConnection[] = [];
+    const connect = async (): Promise<RawConnection> => {
+      const conn = await RawConnection.connect(server.unixPath!);
+      conns.push(conn);
+      return conn;
+    };
+    try {
+      // A's 2.3 MB of answers back up: the server holds the rest of its read (a partial frame among it) and stops reading.
+      const a = await connect();
+      a.socket.pause();
+      a.write(frames);
+      await sleep(300);
+      const b = await connect();
+      await ping(b);
+      // At the cap: before, A (a partial frame buffered) was the stalled one, evicted first, its requests and answers lost.
+      const c = await connect();
+      await ping(c);
+      await waitFor('an eviction', async () => (await metricValue(server, DROPPED, { reason: 'evicted_client_cap' })) === 1);
+      expect(evicted()).toEqual(['idle']);
+      await closedWithin(b, 3_000);
+      // Unread past the frame deadline, A is a stalled connection: the next newcomer takes its place, not idle C's.
+      await sleep(DEADLINE + 500);
+      const d = await connect();
+      await ping(d);
+      await waitFor('a second eviction', async () => (await metricValue(server, DROPPED, { reason: 'evicted_client_cap' })) === 2);
+      expect(evicted()).toEqual(['idle', 'stalled']);
+      a.socket.resume();
+      await closedWithin(a, 3_000);
+      expect(c.isClosed).toBe(false);
     } finally {
       for (const conn of conns) conn.close();
     }

@@ -2,8 +2,15 @@
  * The key server's two small policies on their own: the log rate limiter
  * (with an injected clock) and connection admission (which connection makes
  * room at a cap). keyserver-abuse.test.ts runs both inside a real key server.
+ * Also a connection's end of stream, and the service's deadline, with stand-ins.
  */
+import { mkdtempSync, rmSync } from 'node:fs';
+import net from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
+import { encodeRequest } from '../keyserver/protocol/codec.js';
+import { KeyserverConnection } from '../keyserver/server/connection.js';
 import { createLogger } from '../keyserver/shared/log.js';
 import { Admission } from '../keyserver/server/admission.js';
 import { LogLimiter } from '../keyserver/shared/log-limiter.js';
@@ -113,5 +120,47 @@ describe('SigningService deadline', () => {
     const request = { op: 'sign', id: 7, keyId: Buffer.from(key.keyId, 'hex'), algorithm: Algorithm.ECDSA_SHA256, digest: Buffer.alloc(32) } as const;
     const answer = await service.handle(request, unixIdentity('*'));
     expect(answer).toMatchObject({ op: 'error', id: 7, code: ErrorCode.DEADLINE_EXCEEDED });
+  });
+});
+
+describe('KeyserverConnection end of stream', () => {
+  it("drops the client's requests not yet started once its stream ends (SPEC.md), not only once the socket closes", async () => {
+    // The close waits for the answers already written: a client that has ended its side and reads no more may never take them.
+    let signal: AbortSignal | undefined;
+    const service = {
+      handle: (_request: unknown, _client: unknown, closed: AbortSignal) => {
+        signal = closed;
+        return new Promise(() => {});
+      },
+    } as unknown as SigningService;
+    const dir = mkdtempSync(join(tmpdir(), 'keyedge-end-'));
+    let abortedAtEnd: (aborted: boolean) => void = () => {};
+    const seen = new Promise<boolean>((resolve) => (abortedAtEnd = resolve));
+    const server = net.createServer((socket) => {
+      new KeyserverConnection(socket, unixIdentity('*'), {
+        service,
+        metrics: new KeyserverMetrics(),
+        log: createLogger('connection-test', 'silent'),
+        limiter: new LogLimiter({ intervalMs: 60_000, burst: 10 }),
+        limits: { maxBodyBytes: 1024, maxInFlightPerConnection: 16, frameTimeoutMs: 60_000 },
+        onState: () => {},
+      });
+      // After the connection's own listeners.
+      socket.on('end', () => abortedAtEnd(signal?.aborted === true));
+    });
+    const path = join(dir, 'ks.sock');
+    await new Promise<void>((resolve) => server.listen(path, resolve));
+    const client = net.connect(path);
+    client.on('error', () => {});
+    try {
+      await new Promise((resolve) => client.once('connect', resolve));
+      const sign = { op: 'sign', id: 1, keyId: Buffer.alloc(32, 0xab), algorithm: Algorithm.ECDSA_SHA256, digest: Buffer.alloc(32) } as const;
+      client.end(encodeRequest(sign));
+      expect(await seen, 'the connection signal aborted at the end of stream').toBe(true);
+    } finally {
+      client.destroy();
+      server.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });

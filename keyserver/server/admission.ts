@@ -12,8 +12,9 @@
  *
  *   1. the longest-stalled connection of that identity (or, at the overall
  *      cap, of anyone): one that has a partial frame pending, or has not
- *      completed a frame since it was accepted. It is doing nothing useful and
- *      the frame deadline would close a partial one soon anyway;
+ *      completed a frame since it was accepted, or has left its answers
+ *      unread for the frame deadline (connection.ts). It is doing nothing
+ *      useful and the frame deadline would close a partial one soon anyway;
  *   2. else the connection idle longest (frames answered, nothing in flight):
  *      the bridge notices a closed idle connection before its next request and
  *      reconnects without failing a handshake (transport `usable` check);

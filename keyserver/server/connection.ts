@@ -29,7 +29,12 @@
  * connection is closed without an answer. Clients write each frame in one go,
  * so a frame pending for seconds is a broken or hostile peer holding a slot;
  * the clock restarts with each frame, so a busy pipelined stream whose reads
- * always end mid-frame is never cut. A connection with nothing pending is
+ * always end mid-frame is never cut. It stands while the server itself has
+ * stopped reading (the client's answers backed up) and starts afresh when
+ * reading resumes: the rest of the frame cannot arrive meanwhile, and running
+ * on it closed a client that had sent every byte of a burst, its held requests
+ * and answers lost, because it read its answers a deadline late (a proxy
+ * paused by GC or a busy CPU). A connection with nothing pending is
  * never timed out: the proxy's bridge keeps one open between handshakes and
  * has no ping. Bad-frame and deadline lines go through the LogLimiter, since
  * a client can cause them at will, keyed by client rule (authz.ts) as the
@@ -39,13 +44,19 @@
  *
  * `state` (busy: requests in flight; stalled: a partial frame pending, or no
  * frame yet; idle: neither) is reported to `onState` on each change, for the
- * daemon's admission (admission.ts).
+ * daemon's admission (admission.ts). Requests held and answers unsent while
+ * the server has stopped reading count as in flight (SPEC.md, "Connection
+ * caps"): counted stalled for the partial frame among them, such a connection
+ * was the first a newcomer evicted, its requests and answers lost. Until its
+ * client leaves them unread for `frameTimeoutMs` (as long as a frame may take
+ * to arrive): then it is stalled, or a client that never reads would hold its
+ * connections past any newcomer's need, on the unix socket the proxy's too.
  *
  * Its signs waiting for a signing thread take turns with other connections'
  * (sign-queue.ts; the close signal below names the connection there), so its
  * backlog, at most `maxInFlight`, holds up no other connection's signs. When
- * the socket closes, its signs still waiting are dropped (sign-workers.ts): a
- * client cannot queue work, leave, and repeat.
+ * the client's stream ends or the socket closes, its signs still waiting are
+ * dropped (sign-workers.ts): a client cannot queue work, leave, and repeat.
  */
 import type { Socket } from 'node:net';
 import { ProtocolError } from '../shared/errors.js';
@@ -106,6 +117,9 @@ export class KeyserverConnection {
   #frames = 0;
   #state: ConnectionState = 'stalled';
   #deadline: NodeJS.Timeout | undefined;
+  /** Runs while the client's answers are backed up (reading paused); when it fires they have been unread too long (`state`). */
+  #unreadTimer: NodeJS.Timeout | undefined;
+  #unreadTooLong = false;
   /** Set once the connection is ended for a fatal fault: destroys it if the client has not closed by then. */
   #closeTimer: NodeJS.Timeout | undefined;
   #corked = false;
@@ -136,15 +150,29 @@ export class KeyserverConnection {
     });
     socket.on('data', (chunk: Buffer) => this.#onData(chunk));
     socket.on('drain', () => {
+      // The client reads: its bound on leaving answers unread starts over at the next pause.
+      clearTimeout(this.#unreadTimer);
+      this.#unreadTimer = undefined;
+      this.#unreadTooLong = false;
       this.#answerHeld();
-      // Reading was paused on our side (the client's answers backed up): a frame's clock counts from here.
-      this.#deadline?.refresh();
       // Not while the last held frame's answer backed the socket up again: every frame read then would be held, with
       // no pause to come (only an answer pauses), for as long as the client writes and reads nothing. The next drain resumes.
-      if (this.#held.length === 0 && !socket.writableNeedDrain) socket.resume();
+      if (this.#held.length === 0 && !socket.writableNeedDrain) {
+        socket.resume();
+        // Reading was paused on our side: the frame begun before the pause has its whole deadline from here.
+        if (this.#reader.bufferedBytes > 0 && !this.#reader.failed) this.#startFrameClock();
+      }
+    });
+    // The client's end of stream ends the connection (SPEC.md, "End of stream"): its side is ended too, so nothing is
+    // answered after it, and what was not started is dropped now. Not at the close alone: that waits for the answers
+    // already written, which a client that ended its side and reads no more may never take, its signs made meanwhile.
+    socket.on('end', () => {
+      this.#held = [];
+      this.#closed.abort();
     });
     socket.on('close', () => {
       clearTimeout(this.#deadline);
+      clearTimeout(this.#unreadTimer);
       clearTimeout(this.#closeTimer);
       this.#held = [];
       this.#closed.abort();
@@ -177,16 +205,26 @@ export class KeyserverConnection {
       this.#reading = false;
       socket.uncork();
     }
-    if (this.#reader.bufferedBytes === 0 || this.#reader.failed) {
-      clearTimeout(this.#deadline);
-      this.#deadline = undefined;
+    // Paused (an answer of this chunk backed the socket up): no clock until reading resumes, on drain.
+    if (this.#reader.bufferedBytes === 0 || this.#reader.failed || socket.isPaused()) {
+      this.#stopFrameClock();
     } else if (this.#deadline === undefined) {
-      this.#deadline = setTimeout(() => this.#onFrameTimeout(), this.#limits.frameTimeoutMs);
+      this.#startFrameClock();
     } else if (this.#frames !== framesBefore) {
       // A frame completed and the next one started in this chunk: its clock starts now.
       this.#deadline.refresh();
     }
     this.#updateState();
+  }
+
+  #startFrameClock(): void {
+    clearTimeout(this.#deadline);
+    this.#deadline = setTimeout(() => this.#onFrameTimeout(), this.#limits.frameTimeoutMs);
+  }
+
+  #stopFrameClock(): void {
+    clearTimeout(this.#deadline);
+    this.#deadline = undefined;
   }
 
   #onFrameTimeout(): void {
@@ -201,7 +239,10 @@ export class KeyserverConnection {
   }
 
   #updateState(): void {
-    const state = this.#inFlight > 0 ? 'busy' : this.#frames === 0 || this.#reader.bufferedBytes > 0 ? 'stalled' : 'idle';
+    // Requests held, or answers not yet taken by the client: in flight, until left unread too long.
+    const backedUp = this.#held.length > 0 || this.socket.writableNeedDrain;
+    const state =
+      this.#inFlight > 0 || (backedUp && !this.#unreadTooLong) ? 'busy' : backedUp || this.#frames === 0 || this.#reader.bufferedBytes > 0 ? 'stalled' : 'idle';
     if (state === this.#state) return;
     this.#state = state;
     this.#onState(state);
@@ -278,7 +319,16 @@ export class KeyserverConnection {
         socket.uncork();
       });
     }
-    if (!socket.write(encodeResponse(response))) socket.pause();
+    if (!socket.write(encodeResponse(response))) {
+      socket.pause();
+      // No more of a pending frame can arrive until the drain resumes reading (the frame deadline, above).
+      this.#stopFrameClock();
+      this.#unreadTimer ??= setTimeout(() => {
+        this.#unreadTooLong = true;
+        this.#updateState();
+      }, this.#limits.frameTimeoutMs);
+      this.#updateState();
+    }
   }
 
   /** Answers held frames, in order, until the socket backs up again or none is left. */

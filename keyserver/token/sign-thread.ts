@@ -196,10 +196,11 @@ export class SignThread {
   /** Which PKCS#11 function the thread is in (SIGN_INIT, SIGN; 0: none), written by the thread. */
   readonly #calling = new Int32Array(new SharedArrayBuffer(4));
 
-  constructor(index: number, owner: ThreadOwner) {
+  /** `session`: opened by the owner for this thread (closed by `stop()`); a restart opens a fresh one. */
+  constructor(index: number, owner: ThreadOwner, session: pkcs11js.Handle) {
     this.index = index;
     this.#owner = owner;
-    this.#session = owner.token.openSession();
+    this.#session = session;
     this.started = new Promise((resolve) => (this.#startedResolve = resolve));
     this.#start();
   }

@@ -47,6 +47,10 @@
  * A thread that fails is logged and restarted with a backoff (sign-thread.ts);
  * its unanswered jobs go to another thread or inline (or are skipped, their
  * deadline past: a signature has no side effect, so signing again is safe).
+ * With no thread left, the queue is signed inline within the inline budget, a
+ * bucket's worth a turn of the event loop, until a thread is back
+ * (`#signQueuedInline`): signed all at once, a queue of thousands of signs
+ * held the loop (answers, /healthz, /metrics) for seconds.
  * A request whose `signal` aborted (its connection closed) while it waited to
  * be sent to a thread is dropped, and rejects with 'dropped'; one whose
  * deadline passed while it waited is dropped too, with 'expired' (see
@@ -74,7 +78,8 @@
  * An RSA signature is checked against the key's public key where it was made,
  * on its thread or inline (sign-verify.ts), before `sign()` gives it back.
  *
- * Contract: `sign()` returns the raw signature (signed inline) or a promise of
+ * Contract: the constructor opens every session (the inline one, one a thread) before it starts a thread, so one the
+ * token refuses fails it with nothing left open or running. `sign()` returns the raw signature (signed inline) or a promise of
  * it (signed on a thread); either way a failure is a TokenError with the
  * token's CKR_ reason (thrown, or a rejection), or, for an RSA signature that
  * does not verify, KEYEDGE_ERR_TOKEN_SIGNATURE (sign-verify.ts
@@ -186,6 +191,8 @@ export class SigningWorkers {
   /** Token bucket of inline signing time (ms): refills at INLINE_SHARE of the time passing, up to INLINE_BURST_MS. */
   #inlineBudgetMs = INLINE_BURST_MS;
   #inlineCheckedAt = 0;
+  /** A later turn of `#signQueuedInline` is due. */
+  #inlineTurn: NodeJS.Timeout | undefined;
   readonly #watch: StuckWatch;
 
   constructor(token: Token, modulePath: string, count: number, log: Logger, stuck: StuckOptions) {
@@ -193,7 +200,17 @@ export class SigningWorkers {
     this.#token = token;
     // One session each for: management (the Token's), the inline path, every thread.
     this.size = Math.max(1, Math.min(count, token.maxSessions - 2));
-    this.#inlineSession = token.openSession();
+    // Every session is opened before any thread starts: a token that refuses one (at its session limit) fails the build
+    // with nothing left behind. Started first, the threads before it kept running, sessions and all, on every failed
+    // build, and a reopen retries the build about once a second.
+    const sessions: pkcs11js.Handle[] = [];
+    try {
+      for (let index = 0; index <= this.size; index++) sessions.push(token.openSession());
+    } catch (err) {
+      for (const session of sessions) token.closeSession(session);
+      throw err;
+    }
+    this.#inlineSession = sessions[0]!;
     this.#sessionKeys = new SessionKeys(token.pkcs11, this.#inlineSession);
     const owner: ThreadOwner = {
       token,
@@ -203,7 +220,7 @@ export class SigningWorkers {
       failed: (lane) => this.#failed(lane),
       ready: () => this.#flush(),
     };
-    for (let index = 0; index < this.size; index++) this.#lanes.push(new SignThread(index, owner));
+    for (let index = 0; index < this.size; index++) this.#lanes.push(new SignThread(index, owner, sessions[index + 1]!));
     this.#watch = new StuckWatch(this.#lanes, stuck.stuckAfterMs, log, stuck.onStuck ?? (() => {}));
   }
 
@@ -379,19 +396,50 @@ export class SigningWorkers {
 
   /**
    * A thread that died: the jobs it held are made again elsewhere, back at the head of their connection's turn. With
-   * no thread left to take them, the queued ones too (inline, or refused while the threads are stuck): none waits for
-   * a restart that may be seconds away.
+   * no thread left to take them, the queued ones too (inline within its budget, or refused while the threads are
+   * stuck): none waits for a restart that may be seconds away.
    */
   #failed(lane: SignThread): void {
-    for (const pending of [...this.#pending.values()]) if (pending.lane === lane) this.#retry(pending);
-    if (!this.#anyTakesJobs()) for (const pending of this.#queue.takeAll()) this.#retry(pending);
+    // Newest first: each is put back at the head of its connection's queue, so they are made again oldest first.
+    for (const pending of [...this.#pending.values()].reverse()) if (pending.lane === lane) this.#retry(pending);
+    if (!this.#anyTakesJobs()) this.#signQueuedInline();
     this.#drainedCheck();
   }
 
   /**
-   * A job unanswered whose thread died, or queued with no thread left: signed again elsewhere (a signature has no side
-   * effect), or skipped past its deadline, or dropped once its connection closed: with no thread left it would be
-   * signed on the event loop, for nobody, ahead of the answers of connections still open.
+   * With no thread taking jobs, the queued signs in their turns: refused at once while a thread is stuck in the token
+   * (as in `#retry`), else signed inline while the budget lasts, the rest on later turns of the event loop, once it
+   * has refilled, until the queue is empty or a thread is back (its `ready()` takes them).
+   */
+  #signQueuedInline(): void {
+    this.#inlineTurn = undefined;
+    if (this.#anyTakesJobs()) return;
+    while (this.#queue.size > 0 && (this.#watch.anyStuck || this.#inlineBudgetLeft(performance.now()))) {
+      // Those whose connection closed, or whose deadline passed, dropped: signed here, for nobody, they would hold the
+      // answers of connections still open.
+      const pending = this.#queue.shift((queued) => this.#dropped(queued));
+      if (pending === undefined) break;
+      this.#pending.delete(pending.job.id);
+      if (this.#watch.anyStuck) {
+        pending.reject(new TokenError('KEYEDGE_ERR_TOKEN_OPERATION', NOT_ANSWERING));
+        continue;
+      }
+      try {
+        pending.resolve(this.#signInline(pending.job, performance.now()));
+      } catch (err) {
+        pending.reject(err as Error);
+      }
+    }
+    // Not one turn more than the budget needs to refill past the last sign's overrun (at least a millisecond).
+    if (this.#queue.size > 0) this.#inlineTurn ??= setTimeout(() => this.#signQueuedInline(), Math.max(1, -this.#inlineBudgetMs / INLINE_SHARE));
+    this.#drainedCheck();
+  }
+
+  /**
+   * A job unanswered whose thread died: queued again to be signed elsewhere (a signature has no side effect; with no
+   * thread left, on the event loop, `#signQueuedInline`), or skipped past its deadline, or dropped once its connection
+   * closed: with no thread left it would be signed on the event loop, for nobody, ahead of the answers of connections
+   * still open.
    */
   #retry(pending: Pending): void {
     const { job } = pending;
@@ -403,18 +451,9 @@ export class SigningWorkers {
       this.#pending.delete(job.id);
       return pending.reject(new TokenError('KEYEDGE_ERR_TOKEN_OPERATION', DEADLINE_SKIPPED));
     }
-    if (this.#anyTakesJobs()) {
-      pending.lane = undefined;
-      this.#queue.unshift(pending.signal ?? NO_CONNECTION, pending);
-      return this.#scheduleFlush();
-    }
-    this.#pending.delete(job.id);
-    if (this.#watch.anyStuck) return pending.reject(new TokenError('KEYEDGE_ERR_TOKEN_OPERATION', NOT_ANSWERING));
-    try {
-      pending.resolve(this.#signInline(job, performance.now()));
-    } catch (err) {
-      pending.reject(err as Error);
-    }
+    pending.lane = undefined;
+    this.#queue.unshift(pending.signal ?? NO_CONNECTION, pending);
+    this.#scheduleFlush();
   }
 
   /** A queued job whose signal aborted or whose deadline passed: answered as dropped instead of sent. */
