@@ -37,7 +37,9 @@
  * the cap closes the one waiting longest with no answer in progress (a head
  * still arriving, idle between requests), or else the one whose client has
  * left its answer unsent longest, past STALLED_MS; only when there is none is
- * the newcomer closed (keyserver/shared/admin-connections.ts).
+ * the newcomer closed; past MAX_UNSENT_BYTES of answers left unsent across
+ * them, the one holding the most is closed (keyserver/shared/admin-connections.ts).
+ * GET /config and GET /certs are rendered once per change (admin-http.ts jsonOnce).
  * Refusals answer 4xx with the reason as JSON; the running state is kept:
  *   400 KEYEDGE_ERR_CERT_STORE       not an entry name (`..`, `.hidden`, a `/`)
  *   409 KEYEDGE_ERR_CERT_EXISTS      the name is a certificate of the config file
