@@ -204,7 +204,8 @@ export const proxyFileSchema = strict(
         maxHeaderBytes: intIn(1024, 1_048_576).optional(),
         maxBodyBytes: intIn(0, 1_099_511_627_776).optional(),
         headerTimeoutMs: intIn(100, 600_000).optional(),
-        keepAliveTimeoutMs: intIn(0, 600_000).optional(),
+        // Not 0: Node's keepAliveTimeout 0 is no timeout at all, an idle connection held for ever.
+        keepAliveTimeoutMs: intIn(1, 600_000).optional(),
         originConnectTimeoutMs: intIn(100, 600_000).optional(),
         originResponseTimeoutMs: intIn(100, 3_600_000).optional(),
         originReadTimeoutMs: intIn(100, 86_400_000).nullable().optional(),

@@ -55,6 +55,13 @@ describe('proxy config', () => {
     expect(() => loadProxyConfig(write('silent-bad.json', { workerSilentTimeoutMs: 5_000 }))).toThrow(/workerSilentTimeoutMs/);
   });
 
+  it('refuses limits.keepAliveTimeoutMs 0, naming it: Node takes 0 as no timeout, and idle connections were never closed', () => {
+    expect(() => loadProxyConfig(write('keepalive-0.json', { limits: { keepAliveTimeoutMs: 0 } }))).toThrow(
+      /limits\.keepAliveTimeoutMs.*expected an integer from 1 to 600000/,
+    );
+    expect(loadProxyConfig(write('keepalive-1.json', { limits: { keepAliveTimeoutMs: 1 } })).limits.keepAliveTimeoutMs).toBe(1);
+  });
+
   it('puts the certificate store under the state directory unless told otherwise', () => {
     const defaults = loadProxyConfig(write('store-default.json', { stateDir: 'state' }));
     expect(defaults.certStore).toEqual({ dir: join(dir, 'state', 'certs'), rescanSeconds: PROXY_DEFAULTS.certStore.rescanSeconds, intermediates: null });
