@@ -45,12 +45,15 @@ async function acmeRequest(req: http.IncomingMessage, path: string, control: Adm
   }
   const body = await readBody(req, 64 * 1024);
   if (typeof body !== 'string') throw new UsageError('the request body is too large');
+  const expected = 'expected a JSON body {"domains": ["a.example", ...], "name"?: "entry", "replaceDomains"?: true}';
   let parsed: { domains?: unknown; name?: unknown; replaceDomains?: unknown };
   try {
     parsed = JSON.parse(body) as typeof parsed;
   } catch {
-    throw new UsageError('expected a JSON body {"domains": ["a.example", ...], "name"?: "entry", "replaceDomains"?: true}');
+    throw new UsageError(expected);
   }
+  // JSON that is no object (`null`, a number, an array): `null` was read as one and answered 502 "Cannot read properties of null".
+  if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) throw new UsageError(expected);
   const domains = parsed.domains;
   if (!Array.isArray(domains) || domains.length === 0 || domains.length > 100 || !domains.every((d) => typeof d === 'string' && DNS_NAME.test(d))) {
     throw new UsageError('"domains" must be 1-100 lower-case DNS names');

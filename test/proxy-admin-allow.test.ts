@@ -2,7 +2,8 @@
 // `Allow` naming the methods it takes (RFC 9110 §15.5.6: a 405 MUST carry one; §10.2.1), for every route, with the
 // control API and without it; a path that is no resource stays 404, whatever the method. Every method an `Allow`
 // names is one the resource answers (no 404, no 405): the route table and the dispatch agree. The control's parts are
-// stand-ins that record their calls: this is the HTTP side's routing, not what the primary does with a change.
+// stand-ins that record their calls: this is the HTTP side's routing, not what the primary does with a change. And
+// the refusals a change gets before its control is asked: a body that is no object, a body over its route's limit.
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
@@ -63,6 +64,11 @@ afterAll(async () => {
 });
 
 function ask(server: http.Server, method: string, path: string, body?: string): Promise<{ status: number; allow: string | undefined }> {
+  return answerOf(server, method, path, body).then(({ status, allow }) => ({ status, allow }));
+}
+
+/** ask(), with the answer's body too. */
+function answerOf(server: http.Server, method: string, path: string, body?: string): Promise<{ status: number; allow: string | undefined; body: string }> {
   return new Promise((resolve, reject) => {
     const req = http.request(
       {
@@ -74,8 +80,9 @@ function ask(server: http.Server, method: string, path: string, body?: string): 
         headers: { authorization: `Bearer ${TOKEN}`, 'content-type': 'application/json' },
       },
       (res) => {
-        res.resume();
-        res.on('end', () => resolve({ status: res.statusCode ?? 0, allow: res.headers.allow }));
+        let text = '';
+        res.on('data', (chunk: Buffer) => (text += chunk.toString()));
+        res.on('end', () => resolve({ status: res.statusCode ?? 0, allow: res.headers.allow, body: text }));
       },
     );
     req.on('error', reject);
@@ -146,5 +153,18 @@ describe('admin API: 405 carries Allow', () => {
     expect(calls.sort()).toEqual(
       ['issue a.example', 'put example', 'put reload', 'reload', 'reload', 'renew example', 'rotate', 'route www.example', 'unroute www.example'].sort(),
     );
+  });
+});
+
+describe('admin API: a change refused before its control is asked', () => {
+  it('POST /acme/issue with a JSON body that is no object is 400 KEYEDGE_ERR_USAGE, not the 502 of an order', async () => {
+    for (const body of ['null', '7', '"a.example"', '["a.example"]']) {
+      const answer = await answerOf(withControl, 'POST', '/acme/issue', body);
+      expect({ body, status: answer.status, code: (JSON.parse(answer.body) as { error: { code: string } }).error.code }).toEqual({
+        body,
+        status: 400,
+        code: 'KEYEDGE_ERR_USAGE',
+      });
+    }
   });
 });
