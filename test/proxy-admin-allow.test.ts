@@ -10,6 +10,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { continueExchange } from './helpers/continue.js';
 import type { ProxyConfig } from '../config/proxy-schema.js';
 import { type AdminControl, startProxyAdmin } from '../proxy/admin.js';
 import type { ReloadReport } from '../proxy/serving/coordinator.js';
@@ -166,5 +167,21 @@ describe('admin API: a change refused before its control is asked', () => {
         code: 'KEYEDGE_ERR_USAGE',
       });
     }
+  });
+
+  it('POST /acme/issue with a body over its 64 KiB limit is 413, and with Expect: 100-continue gets no 100 first', async () => {
+    // Invited up to the upload limit (256 KiB), then answered 400: the client sent 100,000 bytes to be told it was too large.
+    const port = (withControl.address() as AddressInfo).port;
+    const { answer } = await continueExchange(
+      port,
+      `POST /acme/issue HTTP/1.1\r\nHost: admin\r\nAuthorization: Bearer ${TOKEN}\r\nContent-Length: 100000\r\nExpect: 100-continue\r\n\r\n`,
+      Buffer.alloc(100_000, ' '),
+    );
+    expect(answer.split('\r\n')[0]).toBe('HTTP/1.1 413 Payload Too Large');
+    const sent = await answerOf(withControl, 'POST', '/acme/issue', `{"domains":["a.example"]}${' '.repeat(100_000)}`);
+    expect({ status: sent.status, code: (JSON.parse(sent.body) as { error: { code: string } }).error.code }).toEqual({
+      status: 413,
+      code: 'KEYEDGE_HTTP_BODY_TOO_LARGE',
+    });
   });
 });
