@@ -55,6 +55,24 @@ describe('proxy config', () => {
     expect(() => loadProxyConfig(write('silent-bad.json', { workerSilentTimeoutMs: 5_000 }))).toThrow(/workerSilentTimeoutMs/);
   });
 
+  it('refuses two listeners, the redirect or the admin API on one address, naming the later one and the first', () => {
+    // Loaded, then the start failed with EADDRINUSE as if another process held the port.
+    const message = (content: unknown): string => String((loadError(write('clash.json', content)) as Error | undefined)?.message);
+    expect(message({ listen: [{ port: 8443 }, { port: 8443 }] })).toContain('listen[1]: the same address as listen[0] (127.0.0.1 port 8443)');
+    expect(message({ listen: [{ port: 9465 }] })).toContain('admin: the same address as listen[0] (127.0.0.1 port 9465)');
+    expect(message({ listen: [{ host: '0.0.0.0', port: 8443 }], httpRedirect: { port: 8443 } })).toContain(
+      'httpRedirect: the same address as listen[0] (0.0.0.0 port 8443)',
+    );
+    // Another host, another port, or port 0 (any free one) is no clash.
+    for (const fine of [
+      { listen: [{ port: 8443 }, { host: '127.0.0.2', port: 8443 }] },
+      { listen: [{ port: 0 }, { port: 0 }], admin: { port: 0 } },
+      { listen: [{ port: 9465 }], admin: null },
+    ]) {
+      expect(loadError(write('fine.json', fine)), JSON.stringify(fine)).toBeUndefined();
+    }
+  });
+
   it('refuses limits.keepAliveTimeoutMs 0, naming it: Node takes 0 as no timeout, and idle connections were never closed', () => {
     expect(() => loadProxyConfig(write('keepalive-0.json', { limits: { keepAliveTimeoutMs: 0 } }))).toThrow(
       /limits\.keepAliveTimeoutMs.*expected an integer from 1 to 600000/,
