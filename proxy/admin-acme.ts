@@ -10,6 +10,7 @@ import { readBody, tooLarge } from './admin-body.js';
 import { entryName, json } from './admin-http.js';
 import type { AdminControl } from './admin-sources.js';
 import { STORE_ENTRY_NAME } from './certs/store.js';
+import { MAX_DNS_NAME } from '../config/proxy-values.js';
 
 /** The body POST /acme/issue takes: some 100 names and an entry name are a few KiB. */
 export const ACME_ISSUE_BYTES = 64 * 1024;
@@ -65,8 +66,13 @@ async function acmeRequest(path: string, control: AdminControl, body: string): P
   // JSON that is no object (`null`, a number, an array): `null` was read as one and answered 502 "Cannot read properties of null".
   if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) throw new UsageError(expected);
   const domains = parsed.domains;
-  if (!Array.isArray(domains) || domains.length === 0 || domains.length > 100 || !domains.every((d) => typeof d === 'string' && DNS_NAME.test(d))) {
-    throw new UsageError('"domains" must be 1-100 lower-case DNS names');
+  if (
+    !Array.isArray(domains) ||
+    domains.length === 0 ||
+    domains.length > 100 ||
+    !domains.every((d) => typeof d === 'string' && d.length <= MAX_DNS_NAME && DNS_NAME.test(d))
+  ) {
+    throw new UsageError(`"domains" must be 1-100 lower-case DNS names of at most ${MAX_DNS_NAME} characters`);
   }
   if (parsed.name !== undefined && (typeof parsed.name !== 'string' || !STORE_ENTRY_NAME.test(parsed.name)))
     throw new UsageError('"name" is not a certificate name');

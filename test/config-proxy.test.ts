@@ -198,6 +198,8 @@ describe('proxy config', () => {
       'duplicate certificate name',
     ],
     [{ domains: [{ name: 'Shop.Example', origin: 'http://o' }] }, 'domains[0].name', 'lower-case DNS name'],
+    // Labels of 63, 267 characters in all: past DNS's 253 (RFC 1035 §2.3.4), no certificate or SNI can name it.
+    [{ domains: [{ name: `${'a'.repeat(63)}.`.repeat(4) + 'example.com', origin: 'http://o' }] }, 'domains[0].name', 'at most 253 characters'],
     [{ domains: [{ name: 'shop.example', origin: 'ftp://o' }] }, 'domains[0].origin', 'http:// or https://'],
     [{ domains: [{ name: 'shop.example', origin: 'http://user:pw@o' }] }, 'domains[0].origin', 'no credentials'],
     [{ domains: [{ name: 'shop.example', origin: 'http://o/app' }] }, 'domains[0].origin', 'no credentials, path or query'],

@@ -169,6 +169,15 @@ describe('admin API: a change refused before its control is asked', () => {
     }
   });
 
+  it('POST /acme/issue with a domain past 253 characters is 400 KEYEDGE_ERR_USAGE, not an order', async () => {
+    const long = `${'a'.repeat(63)}.`.repeat(4) + 'example.com';
+    const answer = await answerOf(withControl, 'POST', '/acme/issue', JSON.stringify({ domains: [long] }));
+    expect({ status: answer.status, body: JSON.parse(answer.body) as unknown }).toMatchObject({
+      status: 400,
+      body: { error: { code: 'KEYEDGE_ERR_USAGE' } },
+    });
+  });
+
   it('POST /acme/issue with a body over its 64 KiB limit is 413, and with Expect: 100-continue gets no 100 first', async () => {
     // Invited up to the upload limit (256 KiB), then answered 400: the client sent 100,000 bytes to be told it was too large.
     const port = (withControl.address() as AddressInfo).port;
