@@ -14,7 +14,7 @@
 import type http from 'node:http';
 import { ACME_ISSUE_BYTES, answerAcme } from './admin-acme.js';
 import { MAX_UPLOAD_BYTES } from './admin-body.js';
-import { answerDeleteRoute, answerPutRoute, answerReload, answerRotate, answerUpload } from './admin-changes.js';
+import { answerDeleteRoute, answerPutRoute, answerReload, answerRotate, answerUpload, uploadNameRefusal } from './admin-changes.js';
 import { text } from './admin-http.js';
 import { answerCertificates, answerConfig, answerHealth, answerMetrics, answerReady } from './admin-reads.js';
 import type { AdminControl, AdminSources } from './admin-sources.js';
@@ -34,8 +34,11 @@ interface Method<S> {
   readonly answer: (asked: Asked<S>) => void;
   /** Whether `source` has the part that answers it; default: always. Without it, the method is not taken. */
   readonly offered?: (source: S) => boolean;
-  /** Whether the answer reads a body (`Expect: 100-continue` invites one only then); default: no. */
-  readonly readsBody?: (source: S) => boolean;
+  /**
+   * Whether the answer reads a body (`Expect: 100-continue` invites one only then), given the path's capture `name`
+   * (still URL-encoded); default: no. A change that refuses before its body (an upload to a refused name) reads none.
+   */
+  readonly readsBody?: (source: S, name: string) => boolean;
   /** The body it reads at most (413 past it; `Expect: 100-continue` with a declared length past it gets the 413); default MAX_UPLOAD_BYTES. */
   readonly bodyLimit?: number;
 }
@@ -68,13 +71,27 @@ const ROUTES: readonly Route[] = [
   {
     path: /^\/certs\/reload$/,
     control: true,
-    methods: [RELOAD, { method: 'PUT', answer: ({ req, res, source }) => answerUpload(req, res, source, 'reload'), readsBody: () => true }],
+    methods: [
+      RELOAD,
+      {
+        method: 'PUT',
+        answer: ({ req, res, source }) => answerUpload(req, res, source, 'reload'),
+        readsBody: (c) => uploadNameRefusal(c, 'reload') === undefined,
+      },
+    ],
   },
   // Any name: a refused one gets its 400.
   {
     path: /^\/certs\/(.+)$/,
     control: true,
-    methods: [{ method: 'PUT', answer: ({ req, res, name, source }) => answerUpload(req, res, source, name), readsBody: () => true }],
+    methods: [
+      {
+        method: 'PUT',
+        answer: ({ req, res, name, source }) => answerUpload(req, res, source, name),
+        // `..`, `.hidden`, a name of the config file's: refused before the body, so not invited to send it.
+        readsBody: (c, name) => uploadNameRefusal(c, name) === undefined,
+      },
+    ],
   },
   {
     path: /^\/tickets\/rotate$/,
@@ -139,7 +156,7 @@ function offer<S>(methods: readonly Method<S>[], source: S, path: string, name: 
       if (method === undefined) return NONE.answer(req, res);
       method.answer({ req, res, path, name, source });
     },
-    readsBody: (method) => find(method)?.readsBody?.(source) ?? false,
+    readsBody: (method) => find(method)?.readsBody?.(source, name) ?? false,
     bodyLimit: (method) => find(method)?.bodyLimit ?? MAX_UPLOAD_BYTES,
   };
 }

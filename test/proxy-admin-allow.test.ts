@@ -48,7 +48,7 @@ beforeAll(async () => {
     reload: record(() => 'reload', report),
     putCertificate: record((name) => `put ${name}`, report),
     certificates: () => ({ certificates: [], refused: [] }),
-    ownedByConfig: () => false,
+    ownedByConfig: (name) => name === 'owned',
     rotateTicketKeys: record(() => 'rotate', { keys: 1 }),
     putRoute: record((name) => `route ${name}`, report),
     deleteRoute: record((name) => `unroute ${name}`, report),
@@ -166,6 +166,23 @@ describe('admin API: a change refused before its control is asked', () => {
         status: 400,
         code: 'KEYEDGE_ERR_USAGE',
       });
+    }
+  });
+
+  it('PUT /certs/:name to a name refused before its body, with Expect: 100-continue, gets its refusal and no 100', async () => {
+    // The 100 went to every upload, then `..` got its 400: the client was invited to send a chain nobody would read.
+    const port = (withControl.address() as AddressInfo).port;
+    for (const [path, status] of [
+      ['/certs/..', '400'],
+      ['/certs/.hidden', '400'],
+      ['/certs/owned', '409'],
+    ] as const) {
+      const { answer } = await continueExchange(
+        port,
+        `PUT ${path} HTTP/1.1\r\nHost: admin\r\nAuthorization: Bearer ${TOKEN}\r\nContent-Length: 200000\r\nExpect: 100-continue\r\n\r\n`,
+        Buffer.alloc(200_000, ' '),
+      );
+      expect(answer.split('\r\n')[0], path).toMatch(new RegExp(`^HTTP/1\\.1 ${status} `));
     }
   });
 
