@@ -3,10 +3,11 @@
 // control API and without it; a path that is no resource stays 404, whatever the method. Every method an `Allow`
 // names is one the resource answers (no 404, no 405): the route table and the dispatch agree. The control's parts are
 // stand-ins that record their calls: this is the HTTP side's routing, not what the primary does with a change. And
-// the refusals a change gets before its control is asked: a body that is no object, a body over its route's limit.
+// the refusals a change gets before its control is asked: a body that is no object, a body over its route's limit,
+// a token file that cannot be read.
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -209,5 +210,36 @@ describe('admin API: a change refused before its control is asked', () => {
       status: 413,
       code: 'KEYEDGE_HTTP_BODY_TOO_LARGE',
     });
+  });
+
+  it('a token file that cannot be read refuses changes naming the errno; only a missing one is "no token"', async () => {
+    // Every errno read as no token: a file the primary may not read (EACCES) was reported as "no token in FILE".
+    const loop = join(dir, 'loop.token');
+    symlinkSync(loop, loop);
+    const missing = join(dir, 'missing.token');
+    for (const [tokenFile, text] of [
+      [loop, `admin changes are disabled: ${loop} (admin.tokenFile) cannot be read (ELOOP)\n`],
+      [missing, `admin changes are disabled: no token in ${missing} (admin.tokenFile)\n`],
+    ] as const) {
+      const reads = {
+        metrics: async () => ({ contentType: 'text/plain', body: '' }),
+        notReadyReason: async () => undefined,
+        config: () => ({}) as ProxyConfig,
+      };
+      const control: AdminControl = {
+        tokenFile,
+        reload: async () => ({}) as ReloadReport,
+        putCertificate: async () => ({}) as ReloadReport,
+        certificates: () => ({}),
+        ownedByConfig: () => false,
+      };
+      const server = await startProxyAdmin('127.0.0.1', 0, { ...reads, control });
+      try {
+        const answer = await answerOf(server, 'POST', '/reload');
+        expect(`${answer.status} ${answer.body}`).toBe(`403 ${text}`);
+      } finally {
+        await new Promise<void>((resolve) => server.close(() => resolve()));
+      }
+    }
   });
 });
