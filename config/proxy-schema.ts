@@ -284,11 +284,9 @@ function addressClashes(cfg: Record<string, unknown>): { path: (string | number)
     const name = path.map((p, i) => (typeof p === 'number' ? `[${p}]` : i === 0 ? p : `.${p}`)).join('');
     bound.push({ path, name, host: typeof v.host === 'string' ? v.host : host, port: at });
   };
-  // A listener's and the redirect's default host (resolve-proxy.ts); the admin's own defaults.
-  const host = D.listen[0]!.host;
   if (cfg.listen === undefined) for (const l of D.listen) add(['listen', 0], l, l.host);
-  else if (Array.isArray(cfg.listen)) for (const [i, l] of cfg.listen.entries()) add(['listen', i], l, host);
-  if (isObject(cfg.httpRedirect)) add(['httpRedirect'], cfg.httpRedirect, host);
+  else if (Array.isArray(cfg.listen)) for (const [i, l] of cfg.listen.entries()) add(['listen', i], l, D.listener.host);
+  if (isObject(cfg.httpRedirect)) add(['httpRedirect'], cfg.httpRedirect, D.httpRedirectHost);
   if (cfg.admin !== null) add(['admin'], cfg.admin, D.admin.host, D.admin.port);
   const clashes: { path: (string | number)[]; message: string }[] = [];
   bound.forEach((b, i) => {

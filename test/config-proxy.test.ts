@@ -1,4 +1,4 @@
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -53,6 +53,17 @@ describe('proxy config', () => {
     expect(config.workerSilentTimeoutMs).toBe(30_000);
     expect(loadProxyConfig(write('silent.json', { workerSilentTimeoutMs: 15_000 })).workerSilentTimeoutMs).toBe(15_000);
     expect(() => loadProxyConfig(write('silent-bad.json', { workerSilentTimeoutMs: 5_000 }))).toThrow(/workerSilentTimeoutMs/);
+  });
+
+  it("takes a listener's host and profile and the redirect's host from the one table of defaults, as README gives them", () => {
+    // They were literals in resolve-proxy.ts, in neither PROXY_DEFAULTS nor README's table.
+    const config = loadProxyConfig(write('bare-listener.json', { listen: [{ port: 8443 }], httpRedirect: { port: 8080 } }));
+    expect(config.listen[0]).toMatchObject(PROXY_DEFAULTS.listener);
+    expect(config.httpRedirect?.host).toBe(PROXY_DEFAULTS.httpRedirectHost);
+    const readme = readFileSync(join(import.meta.dirname, '..', 'README.md'), 'utf8');
+    expect(readme).toContain(`| \`listen[].host\` | \`${PROXY_DEFAULTS.listener.host}\` |`);
+    expect(readme).toContain(`| \`listen[].profile\` | \`${PROXY_DEFAULTS.listener.profile}\` |`);
+    expect(readme).toContain(`| \`httpRedirect.host\` | \`${PROXY_DEFAULTS.httpRedirectHost}\` |`);
   });
 
   it('refuses two listeners, the redirect or the admin API on one address, naming the later one and the first', () => {
