@@ -29,6 +29,9 @@ export const PROXY_DEFAULTS = Object.freeze({
     // intervals up to 8 × this.
     healthIntervalMs: 1_000,
   }),
+  // What a listener does not say (listen[].host, listen[].profile): loopback, as the admin API, until told otherwise;
+  // the profile every supported client speaks.
+  listener: Object.freeze({ host: '127.0.0.1', profile: 'intermediate' as const }),
   listen: Object.freeze([Object.freeze({ host: '127.0.0.1', port: 8443, profile: 'intermediate' as const })]),
   // Per listener, by profile: every browser speaks HTTP/2 over both profiles'
   // TLS versions and ciphers (RFC 9113 §9.2 forbids TLS < 1.2, which neither
@@ -38,6 +41,8 @@ export const PROXY_DEFAULTS = Object.freeze({
   listenHttp2: Object.freeze({ intermediate: true, modern: true }),
   // Off unless configured: port 80 needs privileges and is a deployment choice.
   httpRedirect: null,
+  // Its host when httpRedirect gives only a port.
+  httpRedirectHost: '127.0.0.1',
   certStore: Object.freeze({
     // Relative to stateDir (./var/certs): state the proxy manages, next to the key server's.
     dir: 'certs',

@@ -16,6 +16,7 @@ import { z } from 'zod';
 import { acmeSectionSchema } from './proxy-acme-schema.js';
 import { etcdSectionSchema } from './proxy-etcd-schema.js';
 import { addressBlock, domainName, HOST_NAME, originKey, originUrl } from './proxy-values.js';
+import { PROXY_DEFAULTS } from './proxy-defaults.js';
 import { intIn, isObject, strict, text, port } from './schema-kit.js';
 import { LOG_LEVELS } from './schema.js';
 
@@ -204,7 +205,8 @@ export const proxyFileSchema = strict(
         maxHeaderBytes: intIn(1024, 1_048_576).optional(),
         maxBodyBytes: intIn(0, 1_099_511_627_776).optional(),
         headerTimeoutMs: intIn(100, 600_000).optional(),
-        keepAliveTimeoutMs: intIn(0, 600_000).optional(),
+        // Not 0: Node's keepAliveTimeout 0 is no timeout at all, an idle connection held for ever.
+        keepAliveTimeoutMs: intIn(1, 600_000).optional(),
         originConnectTimeoutMs: intIn(100, 600_000).optional(),
         originResponseTimeoutMs: intIn(100, 3_600_000).optional(),
         originReadTimeoutMs: intIn(100, 86_400_000).nullable().optional(),
@@ -251,6 +253,7 @@ export const proxyFileSchema = strict(
     if (typeof ks.socket === 'string' && isObject(ks.tcp)) {
       ctx.addIssue({ code: 'custom', path: ['keyserver'], message: 'expected one key server transport: "socket" or "tcp", not both' });
     }
+    for (const clash of addressClashes(cfg)) ctx.addIssue({ code: 'custom', path: clash.path, message: clash.message });
     // sni.default may also name a certificate-store entry: the proxy checks it when it loads the store.
     const sni = isObject(cfg.sni) ? cfg.sni : {};
     if (sni.onUnknown === 'default' && typeof sni.default !== 'string') {
@@ -261,3 +264,35 @@ export const proxyFileSchema = strict(
 );
 
 export type ProxyFile = z.output<typeof proxyFileSchema>;
+
+/** Addresses any host's port is also bound on. */
+const WILDCARDS = new Set(['0.0.0.0', '::', '']);
+
+/**
+ * The listeners, the redirect port and the admin API that would bind one address (host and port, the defaults
+ * applied; port 0 is any free one): each but the first, naming the first. Two listeners on 8443, or one on the admin's
+ * 9465, loaded, and the start failed with EADDRINUSE as if another process held the port. Hosts are compared as
+ * written, a wildcard (`0.0.0.0`, `::`) clashing with any host: names are not resolved here.
+ */
+function addressClashes(cfg: Record<string, unknown>): { path: (string | number)[]; message: string }[] {
+  const D = PROXY_DEFAULTS;
+  const bound: { path: (string | number)[]; name: string; host: string; port: number }[] = [];
+  const add = (path: (string | number)[], value: unknown, host: string, port?: number): void => {
+    const v = isObject(value) ? value : {};
+    const at = typeof v.port === 'number' ? v.port : port;
+    if (at === undefined || at === 0) return;
+    const name = path.map((p, i) => (typeof p === 'number' ? `[${p}]` : i === 0 ? p : `.${p}`)).join('');
+    bound.push({ path, name, host: typeof v.host === 'string' ? v.host : host, port: at });
+  };
+  if (cfg.listen === undefined) for (const l of D.listen) add(['listen', 0], l, l.host);
+  else if (Array.isArray(cfg.listen)) for (const [i, l] of cfg.listen.entries()) add(['listen', i], l, D.listener.host);
+  if (isObject(cfg.httpRedirect)) add(['httpRedirect'], cfg.httpRedirect, D.httpRedirectHost);
+  if (cfg.admin !== null) add(['admin'], cfg.admin, D.admin.host, D.admin.port);
+  const clashes: { path: (string | number)[]; message: string }[] = [];
+  bound.forEach((b, i) => {
+    const first = bound.slice(0, i).find((a) => a.port === b.port && (a.host === b.host || WILDCARDS.has(a.host) || WILDCARDS.has(b.host)));
+    if (first === undefined) return;
+    clashes.push({ path: b.path, message: `the same address as ${first.name} (${first.host} port ${first.port}): one port takes one listener` });
+  });
+  return clashes;
+}

@@ -10,8 +10,11 @@ import { z } from 'zod';
 
 /** An exact DNS name or a single leading wildcard label (RFC 6125 §6.4.3), lower-case. */
 const DOMAIN_NAME = /^(\*\.)?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;
+/** A DNS name's length at most, dots included (RFC 1035 §2.3.4's 255 octets on the wire): no certificate or SNI names a longer one. */
+export const MAX_DNS_NAME = 253;
 export const domainName = z
   .string({ error: 'expected a lower-case DNS name or *.wildcard' })
+  .max(MAX_DNS_NAME, { error: `expected a DNS name of at most ${MAX_DNS_NAME} characters` })
   .regex(DOMAIN_NAME, { error: 'expected a lower-case DNS name, optionally with one leading "*." label' });
 
 const ORIGIN_URL_EXPECTED = 'expected an http:// or https:// origin URL: scheme, host and optional port, no credentials, path or query';

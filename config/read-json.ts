@@ -27,6 +27,30 @@ function readConfigText(file: string): string {
   }
 }
 
+/**
+ * Arrays and objects a config may nest: no setting is past a few. The duplicate-key check (json-duplicates.ts) recurses
+ * once per level: valid JSON 10,000 arrays deep failed with "Maximum call stack size exceeded", naming no file.
+ */
+const MAX_DEPTH = 64;
+
+/** The offset of the first `[` or `{` of `text` (valid JSON) past `max` levels deep, or undefined. One pass, no recursion. */
+function deeperThan(text: string, max: number): number | undefined {
+  let depth = 0;
+  let inString = false;
+  for (let i = 0; i < text.length; i++) {
+    const c = text.charCodeAt(i);
+    if (inString) {
+      if (c === 0x5c)
+        i++; // a backslash: the character after it is escaped
+      else if (c === 0x22) inString = false;
+    } else if (c === 0x22) inString = true;
+    else if (c === 0x5b || c === 0x7b) {
+      if (++depth > max) return i;
+    } else if (c === 0x5d || c === 0x7d) depth--;
+  }
+  return undefined;
+}
+
 /** V8's context on either side of an unexpected token (JsonParser::ReportUnexpectedToken's kMaxContextCharacters). */
 const CONTEXT = 10;
 /** V8's "Unexpected token" message: the token, then the text around it, `...` where V8 cut it, or the whole text if short. */
@@ -79,6 +103,11 @@ export function readJsonConfig(file: string): unknown {
     const at = offset === undefined ? undefined : lineColumn(text, offset);
     const where = at ? ` at line ${at.line}, column ${at.column} near '${maskedExcerpt(text, offset!)}'` : '';
     throw new ConfigError(file, '', `invalid JSON${where}: ${cleaned}; expected plain JSON (no comments, no trailing commas)`);
+  }
+  const tooDeep = deeperThan(text, MAX_DEPTH);
+  if (tooDeep !== undefined) {
+    const at = lineColumn(text, tooDeep);
+    throw new ConfigError(file, '', `nested deeper than ${MAX_DEPTH} arrays and objects at line ${at.line}, column ${at.column}; no setting is`);
   }
   // JSON.parse kept the last of two equal keys and dropped the other: half a file merged by hand ran unsaid.
   const duplicate = firstDuplicateKey(text);

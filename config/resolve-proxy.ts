@@ -49,11 +49,11 @@ export function resolveProxy(c: ProxyFile, { source, baseDir }: ConfigOrigin): P
       healthIntervalMs: ks?.healthIntervalMs ?? D.keyserver.healthIntervalMs,
     },
     listen: (c.listen ?? D.listen).map((l: { host?: string; port: number; profile?: TlsProfileName; http2?: boolean }) => {
-      const profile = l.profile ?? 'intermediate';
-      return { host: l.host ?? '127.0.0.1', port: l.port, profile, http2: l.http2 ?? D.listenHttp2[profile] };
+      const profile = l.profile ?? D.listener.profile;
+      return { host: l.host ?? D.listener.host, port: l.port, profile, http2: l.http2 ?? D.listenHttp2[profile] };
     }),
     httpRedirect:
-      c.httpRedirect === undefined || c.httpRedirect === null ? D.httpRedirect : { host: c.httpRedirect.host ?? '127.0.0.1', port: c.httpRedirect.port },
+      c.httpRedirect === undefined || c.httpRedirect === null ? D.httpRedirect : { host: c.httpRedirect.host ?? D.httpRedirectHost, port: c.httpRedirect.port },
     certificates: (c.certificates ?? []).map((cert) => ({ name: cert.name, chain: fromConfigDir(cert.chain) })),
     certStore: {
       // Like the key server socket: relative to the state directory, which is itself relative to the config.

@@ -6,14 +6,27 @@
  */
 import type http from 'node:http';
 import { KeyedgeError, UsageError } from '../keyserver/shared/errors.js';
-import { readBody } from './admin-body.js';
+import { readBody, tooLarge } from './admin-body.js';
 import { entryName, json } from './admin-http.js';
 import type { AdminControl } from './admin-sources.js';
 import { STORE_ENTRY_NAME } from './certs/store.js';
+import { MAX_DNS_NAME } from '../config/proxy-values.js';
+
+/** The body POST /acme/issue takes: some 100 names and an entry name are a few KiB. */
+export const ACME_ISSUE_BYTES = 64 * 1024;
 
 /** Answers an ACME request (the token already checked). */
 export function answerAcme(req: http.IncomingMessage, res: http.ServerResponse, path: string, control: AdminControl): void {
-  acmeRequest(req, path, control).then(
+  if (path.startsWith('/acme/renew/') || control.acmeIssue === undefined) return answer(res, acmeRequest(path, control, ''));
+  // A body over the limit is a 413 as an upload's, the connection closed when the rest of it is not read: a 400 left the
+  // client writing into a connection whose answer said nothing of its length.
+  void readBody(req, ACME_ISSUE_BYTES).then((body) =>
+    typeof body === 'string' ? answer(res, acmeRequest(path, control, body)) : tooLarge(res, body.close, ACME_ISSUE_BYTES),
+  );
+}
+
+function answer(res: http.ServerResponse, request: Promise<unknown>): void {
+  request.then(
     (answer) => json(res, 200, answer),
     (err: Error) =>
       json(res, err instanceof KeyedgeError ? (ACME_STATUS[err.code] ?? 502) : 502, {
@@ -35,7 +48,7 @@ const ACME_STATUS: Partial<Record<KeyedgeError['code'], number>> = {
 };
 
 /** POST /acme/issue and /acme/renew/NAME: the body's domains, or the entry name from the path. */
-async function acmeRequest(req: http.IncomingMessage, path: string, control: AdminControl): Promise<unknown> {
+async function acmeRequest(path: string, control: AdminControl, body: string): Promise<unknown> {
   const { acmeIssue, acmeRenew } = control;
   if (acmeIssue === undefined || acmeRenew === undefined) throw new UsageError('ACME is not configured (the proxy config has no "acme")');
   if (path.startsWith('/acme/renew/')) {
@@ -43,17 +56,23 @@ async function acmeRequest(req: http.IncomingMessage, path: string, control: Adm
     if (name === undefined || !STORE_ENTRY_NAME.test(name)) throw new UsageError('not a certificate name');
     return acmeRenew(name);
   }
-  const body = await readBody(req, 64 * 1024);
-  if (typeof body !== 'string') throw new UsageError('the request body is too large');
+  const expected = 'expected a JSON body {"domains": ["a.example", ...], "name"?: "entry", "replaceDomains"?: true}';
   let parsed: { domains?: unknown; name?: unknown; replaceDomains?: unknown };
   try {
     parsed = JSON.parse(body) as typeof parsed;
   } catch {
-    throw new UsageError('expected a JSON body {"domains": ["a.example", ...], "name"?: "entry", "replaceDomains"?: true}');
+    throw new UsageError(expected);
   }
+  // JSON that is no object (`null`, a number, an array): `null` was read as one and answered 502 "Cannot read properties of null".
+  if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) throw new UsageError(expected);
   const domains = parsed.domains;
-  if (!Array.isArray(domains) || domains.length === 0 || domains.length > 100 || !domains.every((d) => typeof d === 'string' && DNS_NAME.test(d))) {
-    throw new UsageError('"domains" must be 1-100 lower-case DNS names');
+  if (
+    !Array.isArray(domains) ||
+    domains.length === 0 ||
+    domains.length > 100 ||
+    !domains.every((d) => typeof d === 'string' && d.length <= MAX_DNS_NAME && DNS_NAME.test(d))
+  ) {
+    throw new UsageError(`"domains" must be 1-100 lower-case DNS names of at most ${MAX_DNS_NAME} characters`);
   }
   if (parsed.name !== undefined && (typeof parsed.name !== 'string' || !STORE_ENTRY_NAME.test(parsed.name)))
     throw new UsageError('"name" is not a certificate name');

@@ -2,8 +2,9 @@
  * Who may change something through the admin API: every POST, PUT and DELETE
  * needs `Authorization: Bearer <token>` (RFC 6750 §2.1), the token read from
  * admin.tokenFile on each request so it can be rotated live; without a token
- * in the file, changes are disabled, as with a file that is not a regular
- * one or is over 64 KiB, never read (readToken). The comparison takes the
+ * in the file (or no file), changes are disabled, as with a file that is not a
+ * regular one or is over 64 KiB, never read, or one that cannot be read (its
+ * errno said: readToken). The comparison takes the
  * same time whatever the token, and no answer or log line ever holds it.
  */
 import { createHash, timingSafeEqual } from 'node:crypto';
@@ -27,8 +28,10 @@ export function refuse(res: http.ServerResponse, denied: { status: number; messa
 /** Undefined when the request carries the admin token; else the answer to give. */
 export function authorisationFailure(req: http.IncomingMessage, tokenFile: string): { status: number; message: string } | undefined {
   const expected = readToken(tokenFile);
-  if (typeof expected !== 'string')
-    return { status: 403, message: `admin changes are disabled: ${tokenFile} (admin.tokenFile) is ${expected.unread}, not read` };
+  if (typeof expected !== 'string') {
+    const why = expected.errno === undefined ? `is ${expected.unread}, not read` : `cannot be read (${expected.errno})`;
+    return { status: 403, message: `admin changes are disabled: ${tokenFile} (admin.tokenFile) ${why}` };
+  }
   if (expected === '') return { status: 403, message: `admin changes are disabled: no token in ${tokenFile} (admin.tokenFile)` };
   // The scheme is case-insensitive (RFC 9110 §11.1: "bearer" and "BEARER" are Bearer), followed by 1*SP.
   const presented = /^bearer +([!-~]+)$/i.exec(req.headers.authorization ?? '')?.[1];
@@ -47,11 +50,13 @@ const MAX_TOKEN_BYTES = 64 * 1024;
  * ever) held the primary's event loop, and every admin answer, reload and worker replacement with it
  * (config/setting-file.ts).
  */
-function readToken(tokenFile: string): string | { unread: string } {
+function readToken(tokenFile: string): string | { unread: string; errno?: string } {
   try {
     return readSettingFile(tokenFile, MAX_TOKEN_BYTES).toString('utf8').trim();
   } catch (err) {
-    // Refused by its type or size: said. Missing or unreadable: no token, as before it is written.
-    return err instanceof SettingFileError && err.code === undefined ? { unread: err.message } : '';
+    // Refused by its type or size: said. Missing: no token, as before it is written. Any other errno (EACCES, ELOOP)
+    // is said with its code: it read as "no token in FILE", sending the operator to a file that holds one.
+    if (!(err instanceof SettingFileError) || err.code === 'ENOENT') return '';
+    return err.code === undefined ? { unread: err.message } : { unread: err.message, errno: err.code };
   }
 }

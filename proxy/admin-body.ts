@@ -57,9 +57,9 @@ export function declaredLength(req: http.IncomingMessage): number {
   return Number.isFinite(length) ? length : Infinity;
 }
 
-/** 413; with `close`, the connection ends after it (the rest of the body is not read). */
-export function tooLarge(res: http.ServerResponse, close: boolean): void {
-  const body = `${JSON.stringify({ error: { code: 'KEYEDGE_HTTP_BODY_TOO_LARGE', message: `the body is over ${MAX_UPLOAD_BYTES} bytes` } }, null, 2)}\n`;
+/** 413 for a body over `limit`; with `close`, the connection ends after it (the rest of the body is not read). */
+export function tooLarge(res: http.ServerResponse, close: boolean, limit = MAX_UPLOAD_BYTES): void {
+  const body = `${JSON.stringify({ error: { code: 'KEYEDGE_HTTP_BODY_TOO_LARGE', message: `the body is over ${limit} bytes` } }, null, 2)}\n`;
   res
     .writeHead(413, {
       'content-type': 'application/json',

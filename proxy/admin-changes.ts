@@ -75,26 +75,30 @@ export function answerRotate(res: http.ServerResponse, rotateTicketKeys: NonNull
   rotateTicketKeys().then((report) => json(res, 200, report), failed(res));
 }
 
-/** PUT /certs/:name: the name (as in the path) judged before the body is read, then the chain validated and stored. */
-export function answerUpload(req: http.IncomingMessage, res: http.ServerResponse, control: AdminControl, raw: string): void {
+/**
+ * The refusal of an upload to `raw` (the path's name, still URL-encoded) that needs no body: not an entry name (400),
+ * or a name of the config file's (409); undefined when the name may take a chain. Also what decides whether
+ * `Expect: 100-continue` gets its 100 (admin-routes.ts readsBody): a body this refuses is never invited.
+ */
+export function uploadNameRefusal(control: AdminControl, raw: string): { readonly status: number; readonly body: unknown } | undefined {
   const name = entryName(raw);
-  // Judged before the body is read: a refused name costs no upload.
   if (name === undefined || !STORE_ENTRY_NAME.test(name)) {
-    return json(res, 400, {
-      error: {
-        code: 'KEYEDGE_ERR_CERT_STORE',
-        message: `'${(name ?? raw).slice(0, 80)}' is not a certificate name: expected 1-64 letters, digits, _ . - (not starting with ".")`,
-      },
-    });
+    const message = `'${(name ?? raw).slice(0, 80)}' is not a certificate name: expected 1-64 letters, digits, _ . - (not starting with ".")`;
+    return { status: 400, body: { error: { code: 'KEYEDGE_ERR_CERT_STORE', message } } };
   }
   if (control.ownedByConfig(name)) {
-    return json(res, 409, {
-      error: {
-        code: 'KEYEDGE_ERR_CERT_EXISTS',
-        message: `certificate '${name}' is configured in the proxy config file; change it there, or choose another name`,
-      },
-    });
+    const message = `certificate '${name}' is configured in the proxy config file; change it there, or choose another name`;
+    return { status: 409, body: { error: { code: 'KEYEDGE_ERR_CERT_EXISTS', message } } };
   }
+  return undefined;
+}
+
+/** PUT /certs/:name: the name (as in the path) judged before the body is read, then the chain validated and stored. */
+export function answerUpload(req: http.IncomingMessage, res: http.ServerResponse, control: AdminControl, raw: string): void {
+  // Judged before the body is read: a refused name costs no upload.
+  const refused = uploadNameRefusal(control, raw);
+  if (refused !== undefined) return json(res, refused.status, refused.body);
+  const name = entryName(raw)!;
   readBody(req, MAX_UPLOAD_BYTES).then((body) => {
     if (typeof body !== 'string') return tooLarge(res, body.close);
     control.putCertificate(name, body).then(stored(res, name), failed(res));

@@ -10,7 +10,7 @@
  * (masked-url.ts).
  */
 import type http from 'node:http';
-import { json, text } from './admin-http.js';
+import { jsonOnce, text } from './admin-http.js';
 import type { AdminControl, AdminSources } from './admin-sources.js';
 import { withoutCredentials } from './masked-url.js';
 
@@ -40,12 +40,14 @@ export function answerReady(res: http.ServerResponse, sources: AdminSources): vo
   );
 }
 
-/** GET /config: the running config, every URL's credentials masked (above). */
+/** GET /config: the running config, every URL's credentials masked (above); rendered once per config (admin-http.ts jsonOnce). */
 export function answerConfig(res: http.ServerResponse, sources: AdminSources): void {
-  json(res, 200, withoutCredentials(sources.config()));
+  const config = sources.config();
+  jsonOnce(res, config, () => withoutCredentials(config));
 }
 
-/** GET /certs: what serves and what is refused (with a control API only). */
+/** GET /certs: what serves and what is refused (with a control API only); rendered once per listing (jsonOnce). */
 export function answerCertificates(res: http.ServerResponse, control: AdminControl): void {
-  json(res, 200, control.certificates());
+  const listing = control.certificates();
+  jsonOnce(res, listing, () => listing);
 }

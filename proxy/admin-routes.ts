@@ -3,7 +3,7 @@
  * answers each, given what the primary supplies (no control API: the reads
  * alone; no fleet: no routes; no ticket rotation: no /tickets/rotate). The
  * one table drives the dispatch (admin.ts), the `Allow` of a 405 and which
- * change reads a body (for `Expect: 100-continue`), so that they cannot
+ * change reads a body and how much (for `Expect: 100-continue`), so that they cannot
  * disagree: a method `Allow` names is one that is answered, and the other way
  * round.
  *
@@ -12,8 +12,9 @@
  * a path that is no resource, 404 whatever the method.
  */
 import type http from 'node:http';
-import { answerAcme } from './admin-acme.js';
-import { answerDeleteRoute, answerPutRoute, answerReload, answerRotate, answerUpload } from './admin-changes.js';
+import { ACME_ISSUE_BYTES, answerAcme } from './admin-acme.js';
+import { MAX_UPLOAD_BYTES } from './admin-body.js';
+import { answerDeleteRoute, answerPutRoute, answerReload, answerRotate, answerUpload, uploadNameRefusal } from './admin-changes.js';
 import { text } from './admin-http.js';
 import { answerCertificates, answerConfig, answerHealth, answerMetrics, answerReady } from './admin-reads.js';
 import type { AdminControl, AdminSources } from './admin-sources.js';
@@ -33,8 +34,13 @@ interface Method<S> {
   readonly answer: (asked: Asked<S>) => void;
   /** Whether `source` has the part that answers it; default: always. Without it, the method is not taken. */
   readonly offered?: (source: S) => boolean;
-  /** Whether the answer reads a body (`Expect: 100-continue` invites one only then); default: no. */
-  readonly readsBody?: (source: S) => boolean;
+  /**
+   * Whether the answer reads a body (`Expect: 100-continue` invites one only then), given the path's capture `name`
+   * (still URL-encoded); default: no. A change that refuses before its body (an upload to a refused name) reads none.
+   */
+  readonly readsBody?: (source: S, name: string) => boolean;
+  /** The body it reads at most (413 past it; `Expect: 100-continue` with a declared length past it gets the 413); default MAX_UPLOAD_BYTES. */
+  readonly bodyLimit?: number;
 }
 
 /** A resource by its path; its methods in Allow's order (reads, then changes). A control resource exists only with a control API. */
@@ -65,13 +71,27 @@ const ROUTES: readonly Route[] = [
   {
     path: /^\/certs\/reload$/,
     control: true,
-    methods: [RELOAD, { method: 'PUT', answer: ({ req, res, source }) => answerUpload(req, res, source, 'reload'), readsBody: () => true }],
+    methods: [
+      RELOAD,
+      {
+        method: 'PUT',
+        answer: ({ req, res, source }) => answerUpload(req, res, source, 'reload'),
+        readsBody: (c) => uploadNameRefusal(c, 'reload') === undefined,
+      },
+    ],
   },
   // Any name: a refused one gets its 400.
   {
     path: /^\/certs\/(.+)$/,
     control: true,
-    methods: [{ method: 'PUT', answer: ({ req, res, name, source }) => answerUpload(req, res, source, name), readsBody: () => true }],
+    methods: [
+      {
+        method: 'PUT',
+        answer: ({ req, res, name, source }) => answerUpload(req, res, source, name),
+        // `..`, `.hidden`, a name of the config file's: refused before the body, so not invited to send it.
+        readsBody: (c, name) => uploadNameRefusal(c, name) === undefined,
+      },
+    ],
   },
   {
     path: /^\/tickets\/rotate$/,
@@ -92,7 +112,7 @@ const ROUTES: readonly Route[] = [
     ],
   },
   // Without ACME configured, its 400 says so (admin-acme.ts).
-  { path: /^\/acme\/issue$/, control: true, methods: [{ ...ACME, readsBody: (c) => c.acmeIssue !== undefined }] },
+  { path: /^\/acme\/issue$/, control: true, methods: [{ ...ACME, readsBody: (c) => c.acmeIssue !== undefined, bodyLimit: ACME_ISSUE_BYTES }] },
   { path: /^\/acme\/renew\//, control: true, methods: [ACME] },
 ];
 
@@ -104,9 +124,16 @@ export interface AdminResource {
   answer(req: http.IncomingMessage, res: http.ServerResponse): void;
   /** Whether the answer to `method` reads a body: a certificate upload, a route (fleet), an ACME issue. */
   readsBody(method: string): boolean;
+  /** The body the answer to `method` reads at most: what `Expect: 100-continue` is checked against. */
+  bodyLimit(method: string): number;
 }
 
-const NONE: AdminResource = { allowed: [], answer: (_req, res) => text(res, 404, 'not found\n'), readsBody: () => false };
+const NONE: AdminResource = {
+  allowed: [],
+  answer: (_req, res) => text(res, 404, 'not found\n'),
+  readsBody: () => false,
+  bodyLimit: () => MAX_UPLOAD_BYTES,
+};
 
 /** The resource at `path` (no query), as `sources` offer it. */
 export function adminResource(path: string, sources: AdminSources): AdminResource {
@@ -129,7 +156,8 @@ function offer<S>(methods: readonly Method<S>[], source: S, path: string, name: 
       if (method === undefined) return NONE.answer(req, res);
       method.answer({ req, res, path, name, source });
     },
-    readsBody: (method) => find(method)?.readsBody?.(source) ?? false,
+    readsBody: (method) => find(method)?.readsBody?.(source, name) ?? false,
+    bodyLimit: (method) => find(method)?.bodyLimit ?? MAX_UPLOAD_BYTES,
   };
 }
 

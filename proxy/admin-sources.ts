@@ -11,7 +11,8 @@ export interface AdminControl {
   readonly reload: () => Promise<ReloadReport>;
   /** Validates and stores a chain for entry `name`, then reloads; rejects with a CertificateError when refused. */
   readonly putCertificate: (name: string, chainText: string) => Promise<ReloadReport>;
-  readonly certificates: () => unknown;
+  /** What GET /certs shows: the same object until that changes (it is rendered once per object: admin-http.ts jsonOnce). */
+  readonly certificates: () => object;
   /** True for a name the config file's `certificates` use: the store may not take it. */
   readonly ownedByConfig: (name: string) => boolean;
   /** Rotates the session-ticket keys; resolves with counts, never key material. */
@@ -34,6 +35,7 @@ export interface AdminSources {
    * is refused with no version of it serving (`certificates`). Sent as `x-keyedge-degraded: <part>`.
    */
   readonly degradedReason?: () => { readonly part: 'store' | 'certificates'; readonly reason: string } | undefined;
+  /** The running config: the same object until it changes (GET /config renders it once per object). */
   readonly config: () => ProxyConfig;
   readonly control?: AdminControl;
 }

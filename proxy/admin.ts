@@ -37,14 +37,16 @@
  * the cap closes the one waiting longest with no answer in progress (a head
  * still arriving, idle between requests), or else the one whose client has
  * left its answer unsent longest, past STALLED_MS; only when there is none is
- * the newcomer closed (keyserver/shared/admin-connections.ts).
+ * the newcomer closed; past MAX_UNSENT_BYTES of answers left unsent across
+ * them, the one holding the most is closed (keyserver/shared/admin-connections.ts).
+ * GET /config and GET /certs are rendered once per change (admin-http.ts jsonOnce).
  * Refusals answer 4xx with the reason as JSON; the running state is kept:
  *   400 KEYEDGE_ERR_CERT_STORE       not an entry name (`..`, `.hidden`, a `/`)
  *   409 KEYEDGE_ERR_CERT_EXISTS      the name is a certificate of the config file
  *   409 KEYEDGE_ERR_CERT_LINKED      the entry's chain or metadata is a symlink: another tool's (certs/store.ts)
  *   409 KEYEDGE_ERR_STORE_CONFLICT   in a fleet, another node wrote the entry while this upload was validated; with
  *                                    the store directory, another writer held the entry's lock (store-lock.ts): retry
- *   413 KEYEDGE_HTTP_BODY_TOO_LARGE  the body is over MAX_UPLOAD_BYTES
+ *   413 KEYEDGE_HTTP_BODY_TOO_LARGE  the body is over its route's limit (MAX_UPLOAD_BYTES; an ACME issue's, ACME_ISSUE_BYTES)
  *   413 KEYEDGE_ERR_STORE_TOO_LARGE  the value is past etcd's request limit: no retry helps
  *   422 KEYEDGE_ERR_CERTIFICATE      the chain is refused (with `reason`)
  *   422 KEYEDGE_ERR_CONFIG           the route is refused (what was expected)
@@ -75,7 +77,7 @@ import { capAdminConnections } from '../keyserver/shared/admin-connections.js';
 import { answerUpgradesAsRequests } from '../keyserver/shared/admin-upgrade.js';
 import { listen } from '../keyserver/shared/listen.js';
 import { authorisationFailure, CHANGES, refuse } from './admin-auth.js';
-import { boundDrain, declaredLength, hasBody, MAX_UPLOAD_BYTES, readBody, tooLarge } from './admin-body.js';
+import { boundDrain, declaredLength, hasBody, readBody, tooLarge } from './admin-body.js';
 import { adminResource, notAllowed } from './admin-routes.js';
 import type { AdminSources } from './admin-sources.js';
 
@@ -146,11 +148,14 @@ export function startProxyAdmin(host: string, port: number, sources: AdminSource
     const control = sources.control;
     const denied = control !== undefined && CHANGES.has(req.method ?? '') ? authorisationFailure(req, control.tokenFile) : undefined;
     if (denied !== undefined) return refuse(res, denied, true);
-    if (control === undefined || !adminResource((req.url ?? '/').split('?')[0] ?? '/', sources).readsBody(req.method ?? '')) {
+    const resource = adminResource((req.url ?? '/').split('?')[0] ?? '/', sources);
+    if (control === undefined || !resource.readsBody(req.method ?? '')) {
       if (hasBody(req)) res.shouldKeepAlive = false;
       return handle(req, res);
     }
-    if (declaredLength(req) > MAX_UPLOAD_BYTES) return tooLarge(res, true);
+    // The route's own limit (admin-routes.ts): an ACME issue's is below an upload's, and was invited up to the upload's.
+    const limit = resource.bodyLimit(req.method ?? '');
+    if (declaredLength(req) > limit) return tooLarge(res, true, limit);
     res.writeContinue();
     handle(req, res);
   });

@@ -35,6 +35,8 @@ export async function startClusterAdmin(parts: ClusterAdminParts): Promise<http.
   const { config, log, source, shared, metrics, ready, coordinator, acme, rotateTickets } = parts;
   if (config.admin === null) return undefined;
   let keyserverPing: Promise<string | undefined> | undefined;
+  /** The last listing GET /certs showed, and what it showed: one object (one render) until that changes. */
+  let listed: { readonly key: string; readonly listing: object } | undefined;
   const admin = await startProxyAdmin(config.admin.host, config.admin.port, {
     config: () => source.config,
     metrics: async () => ({ contentType: metrics.contentType, body: await metrics.metrics() }),
@@ -69,7 +71,14 @@ export async function startClusterAdmin(parts: ClusterAdminParts): Promise<http.
         await source.putCertificate(name, chainText);
         return coordinator.reload('admin', [name]);
       },
-      certificates: () => listCertificates(source, acme),
+      certificates: () => {
+        // Records and refusals change only with a committed pass (its generation); an entry's ACME state on its own (an
+        // order, a failure, the fleet's state taken), so its views are part of the key: they are small beside the listing.
+        const views = acme === undefined ? '' : JSON.stringify([...source.records.keys()].map((name) => acme.manager.view(name) ?? null));
+        const key = `${source.generation} ${views}`;
+        if (listed?.key !== key) listed = { key, listing: listCertificates(source, acme) };
+        return listed.listing;
+      },
       ...(acme === undefined
         ? {}
         : {
@@ -113,7 +122,7 @@ function describeIssued(issued: { keyId: string; newKey: boolean; entry?: string
 }
 
 /** GET /certs: what serves, what was refused, and each ACME-managed entry's renewal state. */
-function listCertificates(source: ServingSource, acme: RunningAcme | undefined): unknown {
+function listCertificates(source: ServingSource, acme: RunningAcme | undefined): object {
   return {
     certificates: [...source.records.values()].map((r) => ({
       name: r.name,

@@ -80,4 +80,12 @@ describe('a config file with a key twice in one object', () => {
     writeFileSync(file, '{"limits": {"maxHeaderBytes": 2048}, "tls": {"hstsMaxAgeSeconds": 1}, "log": {"level": "info"}, "stateDir": "limits"}');
     expect(loadProxyConfig(file).limits.maxHeaderBytes).toBe(2048);
   });
+
+  it('a file nested deeper than any setting is refused naming the file and where, for either daemon: the key check recursed past the stack', () => {
+    // Valid JSON 10,000 arrays deep: "RangeError: Maximum call stack size exceeded", naming no file, at start or reload.
+    const deep = `{"x": ${'['.repeat(10_000)}${']'.repeat(10_000)}}`;
+    for (const load of [loadProxyConfig, loadKeyserverConfig]) {
+      expect(loadError(load, deep).message).toMatch(/: nested deeper than 64 arrays and objects at line 1, column 70\b/);
+    }
+  });
 });

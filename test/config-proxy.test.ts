@@ -1,4 +1,4 @@
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -53,6 +53,42 @@ describe('proxy config', () => {
     expect(config.workerSilentTimeoutMs).toBe(30_000);
     expect(loadProxyConfig(write('silent.json', { workerSilentTimeoutMs: 15_000 })).workerSilentTimeoutMs).toBe(15_000);
     expect(() => loadProxyConfig(write('silent-bad.json', { workerSilentTimeoutMs: 5_000 }))).toThrow(/workerSilentTimeoutMs/);
+  });
+
+  it("takes a listener's host and profile and the redirect's host from the one table of defaults, as README gives them", () => {
+    // They were literals in resolve-proxy.ts, in neither PROXY_DEFAULTS nor README's table.
+    const config = loadProxyConfig(write('bare-listener.json', { listen: [{ port: 8443 }], httpRedirect: { port: 8080 } }));
+    expect(config.listen[0]).toMatchObject(PROXY_DEFAULTS.listener);
+    expect(config.httpRedirect?.host).toBe(PROXY_DEFAULTS.httpRedirectHost);
+    const readme = readFileSync(join(import.meta.dirname, '..', 'README.md'), 'utf8');
+    expect(readme).toContain(`| \`listen[].host\` | \`${PROXY_DEFAULTS.listener.host}\` |`);
+    expect(readme).toContain(`| \`listen[].profile\` | \`${PROXY_DEFAULTS.listener.profile}\` |`);
+    expect(readme).toContain(`| \`httpRedirect.host\` | \`${PROXY_DEFAULTS.httpRedirectHost}\` |`);
+  });
+
+  it('refuses two listeners, the redirect or the admin API on one address, naming the later one and the first', () => {
+    // Loaded, then the start failed with EADDRINUSE as if another process held the port.
+    const message = (content: unknown): string => String((loadError(write('clash.json', content)) as Error | undefined)?.message);
+    expect(message({ listen: [{ port: 8443 }, { port: 8443 }] })).toContain('listen[1]: the same address as listen[0] (127.0.0.1 port 8443)');
+    expect(message({ listen: [{ port: 9465 }] })).toContain('admin: the same address as listen[0] (127.0.0.1 port 9465)');
+    expect(message({ listen: [{ host: '0.0.0.0', port: 8443 }], httpRedirect: { port: 8443 } })).toContain(
+      'httpRedirect: the same address as listen[0] (0.0.0.0 port 8443)',
+    );
+    // Another host, another port, or port 0 (any free one) is no clash.
+    for (const fine of [
+      { listen: [{ port: 8443 }, { host: '127.0.0.2', port: 8443 }] },
+      { listen: [{ port: 0 }, { port: 0 }], admin: { port: 0 } },
+      { listen: [{ port: 9465 }], admin: null },
+    ]) {
+      expect(loadError(write('fine.json', fine)), JSON.stringify(fine)).toBeUndefined();
+    }
+  });
+
+  it('refuses limits.keepAliveTimeoutMs 0, naming it: Node takes 0 as no timeout, and idle connections were never closed', () => {
+    expect(() => loadProxyConfig(write('keepalive-0.json', { limits: { keepAliveTimeoutMs: 0 } }))).toThrow(
+      /limits\.keepAliveTimeoutMs.*expected an integer from 1 to 600000/,
+    );
+    expect(loadProxyConfig(write('keepalive-1.json', { limits: { keepAliveTimeoutMs: 1 } })).limits.keepAliveTimeoutMs).toBe(1);
   });
 
   it('puts the certificate store under the state directory unless told otherwise', () => {
@@ -173,6 +209,8 @@ describe('proxy config', () => {
       'duplicate certificate name',
     ],
     [{ domains: [{ name: 'Shop.Example', origin: 'http://o' }] }, 'domains[0].name', 'lower-case DNS name'],
+    // Labels of 63, 267 characters in all: past DNS's 253 (RFC 1035 §2.3.4), no certificate or SNI can name it.
+    [{ domains: [{ name: `${'a'.repeat(63)}.`.repeat(4) + 'example.com', origin: 'http://o' }] }, 'domains[0].name', 'at most 253 characters'],
     [{ domains: [{ name: 'shop.example', origin: 'ftp://o' }] }, 'domains[0].origin', 'http:// or https://'],
     [{ domains: [{ name: 'shop.example', origin: 'http://user:pw@o' }] }, 'domains[0].origin', 'no credentials'],
     [{ domains: [{ name: 'shop.example', origin: 'http://o/app' }] }, 'domains[0].origin', 'no credentials, path or query'],

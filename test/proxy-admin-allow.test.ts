@@ -2,13 +2,16 @@
 // `Allow` naming the methods it takes (RFC 9110 §15.5.6: a 405 MUST carry one; §10.2.1), for every route, with the
 // control API and without it; a path that is no resource stays 404, whatever the method. Every method an `Allow`
 // names is one the resource answers (no 404, no 405): the route table and the dispatch agree. The control's parts are
-// stand-ins that record their calls: this is the HTTP side's routing, not what the primary does with a change.
+// stand-ins that record their calls: this is the HTTP side's routing, not what the primary does with a change. And
+// the refusals a change gets before its control is asked: a body that is no object, a body over its route's limit,
+// a token file that cannot be read.
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { continueExchange } from './helpers/continue.js';
 import type { ProxyConfig } from '../config/proxy-schema.js';
 import { type AdminControl, startProxyAdmin } from '../proxy/admin.js';
 import type { ReloadReport } from '../proxy/serving/coordinator.js';
@@ -46,7 +49,7 @@ beforeAll(async () => {
     reload: record(() => 'reload', report),
     putCertificate: record((name) => `put ${name}`, report),
     certificates: () => ({ certificates: [], refused: [] }),
-    ownedByConfig: () => false,
+    ownedByConfig: (name) => name === 'owned',
     rotateTicketKeys: record(() => 'rotate', { keys: 1 }),
     putRoute: record((name) => `route ${name}`, report),
     deleteRoute: record((name) => `unroute ${name}`, report),
@@ -63,6 +66,11 @@ afterAll(async () => {
 });
 
 function ask(server: http.Server, method: string, path: string, body?: string): Promise<{ status: number; allow: string | undefined }> {
+  return answerOf(server, method, path, body).then(({ status, allow }) => ({ status, allow }));
+}
+
+/** ask(), with the answer's body too. */
+function answerOf(server: http.Server, method: string, path: string, body?: string): Promise<{ status: number; allow: string | undefined; body: string }> {
   return new Promise((resolve, reject) => {
     const req = http.request(
       {
@@ -74,8 +82,9 @@ function ask(server: http.Server, method: string, path: string, body?: string): 
         headers: { authorization: `Bearer ${TOKEN}`, 'content-type': 'application/json' },
       },
       (res) => {
-        res.resume();
-        res.on('end', () => resolve({ status: res.statusCode ?? 0, allow: res.headers.allow }));
+        let text = '';
+        res.on('data', (chunk: Buffer) => (text += chunk.toString()));
+        res.on('end', () => resolve({ status: res.statusCode ?? 0, allow: res.headers.allow, body: text }));
       },
     );
     req.on('error', reject);
@@ -146,5 +155,91 @@ describe('admin API: 405 carries Allow', () => {
     expect(calls.sort()).toEqual(
       ['issue a.example', 'put example', 'put reload', 'reload', 'reload', 'renew example', 'rotate', 'route www.example', 'unroute www.example'].sort(),
     );
+  });
+});
+
+describe('admin API: a change refused before its control is asked', () => {
+  it('POST /acme/issue with a JSON body that is no object is 400 KEYEDGE_ERR_USAGE, not the 502 of an order', async () => {
+    for (const body of ['null', '7', '"a.example"', '["a.example"]']) {
+      const answer = await answerOf(withControl, 'POST', '/acme/issue', body);
+      expect({ body, status: answer.status, code: (JSON.parse(answer.body) as { error: { code: string } }).error.code }).toEqual({
+        body,
+        status: 400,
+        code: 'KEYEDGE_ERR_USAGE',
+      });
+    }
+  });
+
+  it('PUT /certs/:name to a name refused before its body, with Expect: 100-continue, gets its refusal and no 100', async () => {
+    // The 100 went to every upload, then `..` got its 400: the client was invited to send a chain nobody would read.
+    const port = (withControl.address() as AddressInfo).port;
+    for (const [path, status] of [
+      ['/certs/..', '400'],
+      ['/certs/.hidden', '400'],
+      ['/certs/owned', '409'],
+    ] as const) {
+      const { answer } = await continueExchange(
+        port,
+        `PUT ${path} HTTP/1.1\r\nHost: admin\r\nAuthorization: Bearer ${TOKEN}\r\nContent-Length: 200000\r\nExpect: 100-continue\r\n\r\n`,
+        Buffer.alloc(200_000, ' '),
+      );
+      expect(answer.split('\r\n')[0], path).toMatch(new RegExp(`^HTTP/1\\.1 ${status} `));
+    }
+  });
+
+  it('POST /acme/issue with a domain past 253 characters is 400 KEYEDGE_ERR_USAGE, not an order', async () => {
+    const long = `${'a'.repeat(63)}.`.repeat(4) + 'example.com';
+    const answer = await answerOf(withControl, 'POST', '/acme/issue', JSON.stringify({ domains: [long] }));
+    expect({ status: answer.status, body: JSON.parse(answer.body) as unknown }).toMatchObject({
+      status: 400,
+      body: { error: { code: 'KEYEDGE_ERR_USAGE' } },
+    });
+  });
+
+  it('POST /acme/issue with a body over its 64 KiB limit is 413, and with Expect: 100-continue gets no 100 first', async () => {
+    // Invited up to the upload limit (256 KiB), then answered 400: the client sent 100,000 bytes to be told it was too large.
+    const port = (withControl.address() as AddressInfo).port;
+    const { answer } = await continueExchange(
+      port,
+      `POST /acme/issue HTTP/1.1\r\nHost: admin\r\nAuthorization: Bearer ${TOKEN}\r\nContent-Length: 100000\r\nExpect: 100-continue\r\n\r\n`,
+      Buffer.alloc(100_000, ' '),
+    );
+    expect(answer.split('\r\n')[0]).toBe('HTTP/1.1 413 Payload Too Large');
+    const sent = await answerOf(withControl, 'POST', '/acme/issue', `{"domains":["a.example"]}${' '.repeat(100_000)}`);
+    expect({ status: sent.status, code: (JSON.parse(sent.body) as { error: { code: string } }).error.code }).toEqual({
+      status: 413,
+      code: 'KEYEDGE_HTTP_BODY_TOO_LARGE',
+    });
+  });
+
+  it('a token file that cannot be read refuses changes naming the errno; only a missing one is "no token"', async () => {
+    // Every errno read as no token: a file the primary may not read (EACCES) was reported as "no token in FILE".
+    const loop = join(dir, 'loop.token');
+    symlinkSync(loop, loop);
+    const missing = join(dir, 'missing.token');
+    for (const [tokenFile, text] of [
+      [loop, `admin changes are disabled: ${loop} (admin.tokenFile) cannot be read (ELOOP)\n`],
+      [missing, `admin changes are disabled: no token in ${missing} (admin.tokenFile)\n`],
+    ] as const) {
+      const reads = {
+        metrics: async () => ({ contentType: 'text/plain', body: '' }),
+        notReadyReason: async () => undefined,
+        config: () => ({}) as ProxyConfig,
+      };
+      const control: AdminControl = {
+        tokenFile,
+        reload: async () => ({}) as ReloadReport,
+        putCertificate: async () => ({}) as ReloadReport,
+        certificates: () => ({}),
+        ownedByConfig: () => false,
+      };
+      const server = await startProxyAdmin('127.0.0.1', 0, { ...reads, control });
+      try {
+        const answer = await answerOf(server, 'POST', '/reload');
+        expect(`${answer.status} ${answer.body}`).toBe(`403 ${text}`);
+      } finally {
+        await new Promise<void>((resolve) => server.close(() => resolve()));
+      }
+    }
   });
 });

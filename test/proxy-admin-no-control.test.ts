@@ -1,8 +1,11 @@
 // The proxy's admin port and `Expect: 100-continue` (RFC 9110 §10.1.1), in process, at port 0. Without a control API
 // (no `admin.tokenFile`) only read-only endpoints exist: a change gets its 404 at once, without a 100, and the
 // connection ends. With one, a change without the token gets its 401 at once, whatever its body, never an invitation
-// to send it. And a body an answer leaves unread gathers nothing on a kept-alive connection.
+// to send it. And a body an answer leaves unread gathers nothing on a kept-alive connection; answers pipelined and
+// never read hold neither the heap nor more than MAX_UNSENT_BYTES of the process.
+import { spawn } from 'node:child_process';
 import type http from 'node:http';
+import { createServer as httpCreateServer } from 'node:http';
 import net from 'node:net';
 import type { AddressInfo } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -10,7 +13,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { ProxyConfig } from '../config/proxy-schema.js';
-import { MAX_ANSWERS } from '../keyserver/shared/admin-connections.js';
+import { capAdminConnections, MAX_ANSWERS } from '../keyserver/shared/admin-connections.js';
 import { startProxyAdmin } from '../proxy/admin.js';
 import { sleep } from './helpers/basics.js';
 import { continueExchange } from './helpers/continue.js';
@@ -142,6 +145,92 @@ describe('admin API with a control API: Expect: 100-continue on a change without
       );
       expect(answer, path).toMatch(/^HTTP\/1\.1 401 /);
       expect(closedByServer, path).toBe(true);
+    }
+  });
+});
+
+describe('admin answers pipelined and never read', () => {
+  it('64 connections × 16 pipelined GET /certs and /config of a large store, never read: the admin process keeps its heap and answers', async () => {
+    // In a process of its own with a heap of 64 MB: rendered per request, the 1,024 answers of some 1.4 MB each filled
+    // any heap (the primary's with 3.3 GB) and V8 aborted, exit 134. Rendered once per listing, they share one Buffer.
+    const adminModule = new URL('../dist/proxy/admin.js', import.meta.url).href;
+    const child = spawn(
+      process.execPath,
+      [
+        '--max-old-space-size=64',
+        '--input-type=module',
+        '-e',
+        `const { startProxyAdmin } = await import(${JSON.stringify(adminModule)});
+         const entry = (i) => ({ name: 'site-' + i, from: 'store', names: ['site-' + i + '.example.com', 'www.site-' + i + '.example.com'],
+           serial: 'a'.repeat(32), issuer: 'CN=Some Intermediate CA R3,O=Example Trust,C=US', notAfter: '2027-03-01T00:00:00.000Z',
+           keyId: 'b'.repeat(64), loadedAt: '2026-12-07T00:00:00.000Z', refused: null });
+         const listing = { certificates: Array.from({ length: 3000 }, (_, i) => entry(i)), refused: [] };
+         const config = { domains: listing.certificates.map((c) => ({ name: c.names[0], origin: 'http://127.0.0.1:1' })) };
+         const server = await startProxyAdmin('127.0.0.1', 0, {
+           metrics: async () => ({ contentType: 'text/plain', body: '' }),
+           notReadyReason: async () => undefined,
+           config: () => config,
+           control: { tokenFile: '/nonexistent', reload: async () => ({}), putCertificate: async () => ({}), certificates: () => listing, ownedByConfig: () => false },
+         });
+         process.stdout.write(server.address().port + '\\n');`,
+      ],
+      { stdio: ['ignore', 'pipe', 'pipe'] },
+    );
+    let stderr = '';
+    child.stderr!.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+    const exited = new Promise<string>((resolve) => child.once('exit', (code, signal) => resolve(String(code ?? signal))));
+    try {
+      const childPort = await new Promise<number>((resolve, reject) => {
+        child.stdout!.once('data', (chunk: Buffer) => resolve(Number(chunk.toString().trim())));
+        void exited.then((code) => reject(new Error(`the admin process exited (${code}) before listening: ${stderr}`)));
+      });
+      const certs = pipelineUnread(childPort, 'GET /certs HTTP/1.1\r\nHost: admin\r\n\r\n', 16, 32);
+      const config = pipelineUnread(childPort, 'GET /config HTTP/1.1\r\nHost: admin\r\n\r\n', 16, 32);
+      try {
+        const gone = await Promise.race([exited.then((code) => `exited with ${code}: ${stderr.slice(-300)}`), sleep(8_000).then(() => undefined)]);
+        expect(gone).toBeUndefined();
+        const res = await fetch(`http://127.0.0.1:${childPort}/healthz`);
+        expect(res.status).toBe(200);
+      } finally {
+        for (const socket of [...certs, ...config]) socket.destroy();
+      }
+    } finally {
+      child.kill('SIGKILL');
+    }
+  }, 30_000);
+
+  it('the answers its clients leave unsent, across connections, are bounded: the connections holding the most are closed', async () => {
+    // A 1 MiB answer per request, as a render per scrape makes (shared here, so that the test itself holds one), 16
+    // pipelined on each of 64 connections: MAX_ANSWERS alone left some 900 MiB unsent, all of it held by the process.
+    const budget = 8 * 1024 * 1024;
+    const body = Buffer.alloc(1024 * 1024, 'x');
+    const queued = new Map<http.ServerResponse, net.Socket>();
+    const sockets = new Set<net.Socket>();
+    const own = httpCreateServer((req, res) => {
+      if (!connections.answering(req, res)) return;
+      queued.set(res, req.socket);
+      res.once('close', () => queued.delete(res));
+      res.end(body);
+    });
+    own.on('connection', (socket: net.Socket) => {
+      sockets.add(socket);
+      socket.once('close', () => sockets.delete(socket));
+    });
+    const connections = capAdminConnections(own, 64, budget);
+    await new Promise<void>((resolve) => own.listen(0, '127.0.0.1', resolve));
+    const ownPort = (own.address() as AddressInfo).port;
+    const hoarders = pipelineUnread(ownPort, 'GET / HTTP/1.1\r\nHost: admin\r\n\r\n', 16, 64);
+    try {
+      await sleep(2_000);
+      let unsent = 0;
+      for (const socket of sockets) unsent += socket.writableLength;
+      // An answer queued behind another on its connection holds its bytes until its turn, or until the connection closes.
+      for (const [res, socket] of queued) if (res.socket === null && !socket.destroyed) unsent += res.writableLength;
+      // Past the budget by at most the answer made after the last check.
+      expect(unsent).toBeLessThanOrEqual(budget + body.length);
+    } finally {
+      for (const socket of hoarders) socket.destroy();
+      await new Promise<void>((resolve) => own.close(() => resolve()));
     }
   });
 });

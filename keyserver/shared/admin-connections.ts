@@ -37,6 +37,14 @@
  * scraper and probe after them was closed at accept. An answer still being
  * made (an upload, an ACME order) has nothing unsent: it is never closed.
  *
+ * The answers left unsent across every connection are bounded too: past
+ * `unsentBytes` (MAX_UNSENT_BYTES) as an answer begins, the connection holding
+ * the most unsent is closed, until they are within it. MAX_ANSWERS alone let
+ * 64 connections × 16 pipelined `GET /certs` of a large store, never read,
+ * hold 1,024 answers of megabytes each: the proxy's primary died of an
+ * out-of-memory abort (no graceful stop). A client reading what it asked for
+ * holds little unsent, one that pipelines and reads nothing the most.
+ *
  * Call after the server's own 'connection' listeners are in place (Node's,
  * from http.createServer). The handler marks each request with `answering`;
  * one it refuses with `hold` false, so its connection stays evictable: a
@@ -69,13 +77,19 @@ export const MAX_ANSWERS = 16;
  * it asked for as it comes: the kernel holds megabytes for it, so an answer still unsent after this is one nobody reads.
  */
 export const STALLED_MS = 3_000;
+/**
+ * Bytes of answers the clients of one listener may leave unsent, across its connections. Far past what scrapers, probes
+ * and an operator leave: a /certs of 100,000 entries (README's large stores, some 50 MB) read slowly by a few clients at
+ * once. Counted per answer: answers sharing one rendered Buffer (admin-http.ts jsonOnce) count once each.
+ */
+export const MAX_UNSENT_BYTES = 256 * 1024 * 1024;
 
-export function capAdminConnections(server: http.Server, cap: number): AdminConnections {
+export function capAdminConnections(server: http.Server, cap: number, unsentBytes = MAX_UNSENT_BYTES): AdminConnections {
   const open = new Set<net.Socket>();
   /** Open connections with no answer in progress; insertion order is the order they began waiting, oldest first. */
   const waiting = new Set<net.Socket>();
   /** Answers in progress per connection (pipelined requests each have one), refused ones included. */
-  const answers = new Map<net.Socket, number>();
+  const answers = new Map<net.Socket, Set<http.ServerResponse>>();
   /** Of those, the answers that hold their connection from a newcomer (requests served). */
   const held = new Map<net.Socket, number>();
   /** When each connection's answers began to be in progress (monotonic, ms): since it last had none. */
@@ -85,17 +99,18 @@ export function capAdminConnections(server: http.Server, cap: number): AdminConn
     const socket = req.socket;
     if (!open.has(socket) || socket.destroyed) return false;
     // Refused requests count too: 1,800 changes without the token in one write were all answered at once.
-    const count = (answers.get(socket) ?? 0) + 1;
-    if (count > MAX_ANSWERS) {
+    const mine = answers.get(socket) ?? new Set<http.ServerResponse>();
+    if (mine.size >= MAX_ANSWERS) {
       forget(socket);
       socket.destroy();
       return false;
     }
-    answers.set(socket, count);
+    if (!withinUnsentBytes(socket)) return false;
+    mine.add(res);
+    answers.set(socket, mine);
     res.once('close', () => {
-      const left = (answers.get(socket) ?? 1) - 1;
-      if (left > 0) answers.set(socket, left);
-      else answers.delete(socket);
+      mine.delete(res);
+      if (mine.size === 0 && answers.get(socket) === mine) answers.delete(socket);
     });
     if (!hold) return true;
     const holding = (held.get(socket) ?? 0) + 1;
@@ -141,6 +156,36 @@ export function capAdminConnections(server: http.Server, cap: number): AdminConn
     return undefined;
   }
 
+  /**
+   * Closes the connections holding the most unsent bytes until all of them hold no more than `unsentBytes`, before an
+   * answer on `asking` begins; false when `asking` was closed. Checked as each answer begins: a total past the bound by
+   * at most the one answer made after the check.
+   */
+  function withinUnsentBytes(asking: net.Socket): boolean {
+    for (;;) {
+      let total = 0;
+      let most: net.Socket | undefined;
+      let mostBytes = 0;
+      for (const socket of open) {
+        const bytes = unsent(socket);
+        total += bytes;
+        if (bytes > mostBytes) [most, mostBytes] = [socket, bytes];
+      }
+      if (total <= unsentBytes || most === undefined) return true;
+      forget(most);
+      most.destroy();
+      if (most === asking) return false;
+    }
+  }
+
+  /** What `socket`'s client has not taken yet: in the socket, and in the pipelined answers queued behind the one it sends. */
+  function unsent(socket: net.Socket): number {
+    let bytes = socket.writableLength;
+    // An answer waiting its turn keeps its bytes until the ones before it are sent: its socket is not assigned yet.
+    for (const res of answers.get(socket) ?? []) if (res.socket === null) bytes += res.writableLength;
+    return bytes;
+  }
+
   function forget(socket: net.Socket): void {
     open.delete(socket);
     waiting.delete(socket);
@@ -148,5 +193,5 @@ export function capAdminConnections(server: http.Server, cap: number): AdminConn
     held.delete(socket);
     since.delete(socket);
   }
-  return { answering, size: () => open.size, busy: (socket) => (answers.get(socket) ?? 0) > 0 };
+  return { answering, size: () => open.size, busy: (socket) => (answers.get(socket)?.size ?? 0) > 0 };
 }
