@@ -283,14 +283,13 @@ describe('certificate store', () => {
     }
     expect(store.read('a').meta.names).toEqual(['a.example']);
     expect(readdirSync(store.dir).sort()).toEqual(['a.json', 'a.pem']);
-    // A failing disk (EIO): said, naming what was done; the new chain and its metadata both stand.
+    // A failing disk (EIO): the change stands, and is no failure (reported as one, ACME took a renewal written whole
+    // for one not written, and kept the previous names and key id in its state).
     restore = failDirSync('EIO');
     try {
-      expect(storeError(() => store.write('a', CHAIN, { names: ['b.example'], keyId: KEY_ID })).message).toContain(
-        "certificate 'a' was written to the certificate store",
-      );
-      expect(storeError(() => store.write('new', CHAIN, { names: ['new.example'] })).message).toContain('could not be synced (EIO)');
-      expect(storeError(() => store.remove('new')).message).toContain("certificate 'new' was removed from the certificate store");
+      store.write('a', CHAIN, { names: ['b.example'], keyId: KEY_ID });
+      store.write('new', CHAIN, { names: ['new.example'] });
+      store.remove('new');
     } finally {
       restore();
     }

@@ -30,7 +30,7 @@ import { renameSync, unlinkSync } from 'node:fs';
 import { CertificateStoreError } from './errors.js';
 import { directoryId, holdDirectory } from './store-dir.js';
 import { StoreConflictError } from '../store/storage.js';
-import { entryVersion, errno, fileId, fsyncDir, keepAside, prepareAtomic, putBack, unlinkQuietly } from './store-files.js';
+import { entryVersion, errno, fileId, fsyncDir, keepAside, prepareAtomic, putBack, syncDirQuietly, unlinkQuietly } from './store-files.js';
 import { refuseLinkedEntry } from './store-links.js';
 import { lockEntry } from './store-lock.js';
 import { checkStoreMeta, type StoreMeta } from './store-meta.js';
@@ -121,33 +121,22 @@ function writeHeld(dir: string, at: string, before: string, name: string, chainT
   } finally {
     dropAsides(asides);
   }
-  syncDone(at, dir, name, 'written to');
+  syncDone(at);
 }
 
 /**
  * The store directory fsync'd once a write's renames (or a removal's unlinks)
  * are done. They stand whatever happens here: readers see them already, so a
  * failure undoes nothing (undoing the metadata alone left the new chain
- * without it, served for every SAN, or beside the old pinned key id, refused).
- * A file system that cannot sync directories (EINVAL, ENOTSUP: as
- * syncDirQuietly allows for) is no failure; any other (EIO) is said, naming
- * what was done, so a caller does not take a change that stands for one that
- * did not happen.
+ * without it, served for every SAN, or beside the old pinned key id, refused)
+ * and is no failure of the write (as syncDirQuietly): only the change's
+ * durability across a crash of the host is lost. Reported as a failure, a
+ * change that stands was taken by its callers for one that did not happen:
+ * ACME kept the previous names and key id in its state while the store served
+ * the new chain, and retired the new key (orders.ts).
  */
-function syncDone(at: string, dir: string, name: string, done: 'written to' | 'removed from'): void {
-  try {
-    fsyncDir(at);
-  } catch (err) {
-    const code = errno(err);
-    if (code === 'EINVAL' || code === 'ENOTSUP') return;
-    throw new CertificateStoreError(
-      'KEYEDGE_ERR_CERT_STORE',
-      name,
-      `certificate '${name}' was ${done} the certificate store ${dir}, but the directory could not be synced (${code}): ` +
-        'the change stands, and may not survive a crash of the host',
-      { cause: err },
-    );
-  }
+function syncDone(dir: string): void {
+  syncDirQuietly(dir);
 }
 
 /** The `.aside` links a write made, once nothing is to be put back from them (a link put back is gone already). */
@@ -185,7 +174,7 @@ function removeLocked(dir: string, name: string, paths: EntryPaths): void {
     if (errno(err) !== 'ENOENT')
       throw new CertificateStoreError('KEYEDGE_ERR_CERT_STORE', name, `cannot remove ${paths.metaPath}: ${errno(err)}`, { cause: err });
   }
-  syncDone(dir, dir, name, 'removed from');
+  syncDone(dir);
 }
 
 /** The entry's paths, once its name is checked and neither file is a link (store-links.ts). */
