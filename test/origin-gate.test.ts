@@ -103,4 +103,20 @@ describe('origin gate', () => {
     await expect(left).rejects.toMatchObject({ code: 'ECONNRESET' });
     expect(gate.clientLoad('a')).toEqual({ held: 1, waiting: 0 });
   });
+
+  it("keeps half of a client's share from its long-held places: a client whose tunnels took their part still gets a short request in", async () => {
+    const gate = new OriginGate(8, 16, 50);
+    expect(gate.enter(true, undefined, 'a')).toBe(true);
+    expect(gate.enter(true, undefined, 'a')).toBe(true);
+    // A third tunnel of a waits (its long-held part of its share, 2 of 4, is taken), though the gate's half for them is not.
+    const third = gate.enter(true, undefined, 'a') as Promise<void>;
+    expect(gate.tryEnter(true, 'b')).toBe(true);
+    // Before, a's tunnels took its whole share, and its every request waited and ended in 503, places free or not.
+    expect(gate.tryEnter(false, 'a')).toBe(true);
+    expect(gate.tryEnter(false, 'a')).toBe(true);
+    await expect(third).rejects.toThrow(/origin busy: no place for a streamed upload or tunnel free within 50 ms|its share/);
+    // Held back by its share alone, places free: the refusal says so.
+    await expect(gate.enter(false, undefined, 'a')).rejects.toThrow('origin busy: this client held its share of the places (4 of 8) for 50 ms');
+    expect(gate.clientLoad('a')).toEqual({ held: 4, waiting: 0 });
+  });
 });

@@ -63,7 +63,9 @@ beforeAll(async () => {
       certificates: [{ name: 'ec', chain: ec.file }],
       domains: [{ name: 'ws.lab.test', origin: `http://127.0.0.1:${(origin.address() as net.AddressInfo).port}` }],
       // One waiter at most, given long enough that only a place coming free admits it within the test.
-      limits: { originMaxConnections: MAX, originMaxQueue: 1, originQueueTimeoutMs: 30_000 },
+      // Clients not counted per address: the origin's own bounds are what is tried here, not one client's share of them
+      // (origin-gate.ts), but in the test that sends a request beside the tunnels from another address.
+      limits: { originMaxConnections: MAX, originMaxQueue: 1, originQueueTimeoutMs: 30_000, maxConnectionsPerClient: null },
     }),
     { log: createLogger('tunnel-gate-test', 'silent') },
   );

@@ -20,7 +20,11 @@
  * streams, or 16 connections of 4 pipelined requests, it held every place
  * of the origin for a minute at a time, and every other client of the origin
  * got 503. Its requests past its share wait (a browser's burst of streams is
- * served as its own requests end); the other half stays for everyone else.
+ * served as its own requests end); the other half stays for other clients.
+ * Of its share, at most half may be long-held (its tunnels and uploads), so
+ * its own short requests keep the rest: a client behind one address (a NAT,
+ * many tabs of a chat application) whose WebSockets took its whole share had
+ * every other request wait and end in 503, free places or not.
  * A request without a client (a trusted proxy's, which carries many; or no
  * per-client cap configured) has no share.
  *
@@ -52,14 +56,16 @@ export class OriginGate {
   readonly maxQueue: number;
   readonly waitMs: number;
   readonly #maxUploads: number;
-  /** Places one client may hold, and requests of one client that may wait. */
+  /** Places one client may hold, long-held ones of them, and requests of one client that may wait. */
   readonly #clientShare: number;
+  readonly #clientUploads: number;
   readonly #clientQueue: number;
   #active = 0;
   #uploads = 0;
   readonly #waiting: Waiter[] = [];
   /** Places held, and requests waiting, per client: an entry only while it is not 0. */
   readonly #held = new Map<string, number>();
+  readonly #heldUploads = new Map<string, number>();
   readonly #queued = new Map<string, number>();
 
   constructor(connections: number, maxQueue: number, waitMs: number) {
@@ -68,6 +74,7 @@ export class OriginGate {
     this.waitMs = waitMs;
     this.#maxUploads = Math.max(1, Math.floor(connections / 2));
     this.#clientShare = Math.max(1, Math.floor(connections / 2));
+    this.#clientUploads = Math.max(1, Math.floor(this.#clientShare / 2));
     this.#clientQueue = Math.max(1, Math.floor(maxQueue / 2));
   }
 
@@ -96,7 +103,7 @@ export class OriginGate {
       return Promise.reject(new OriginBusyError(`origin busy: ${this.#active} requests running and ${this.#waiting.length} waiting`));
     if (client !== undefined && (this.#queued.get(client) ?? 0) >= this.#clientQueue)
       return Promise.reject(
-        new OriginBusyError(`origin busy: this client holds ${this.#held.get(client) ?? 0} of its places and ${this.#clientQueue} of its requests wait`),
+        new OriginBusyError(`origin busy: this client holds ${this.#held.get(client) ?? 0} places and ${this.#clientQueue} of its requests wait`),
       );
     return new Promise((admitted, refused) => {
       const giveUp = (err: Error): void => {
@@ -117,7 +124,7 @@ export class OriginGate {
           abandon?.off('abort', onAbandon);
           admitted();
         },
-        timer: setTimeout(() => giveUp(new OriginBusyError(`origin busy: no connection free within ${this.waitMs} ms`)), this.waitMs),
+        timer: setTimeout(() => giveUp(new OriginBusyError(this.#busyWaiting(upload, client))), this.waitMs),
       };
       abandon?.once('abort', onAbandon);
       this.#waiting.push(waiter);
@@ -129,7 +136,10 @@ export class OriginGate {
   leave(upload: boolean, client?: string): void {
     this.#active--;
     if (upload) this.#uploads--;
-    if (client !== undefined) count(this.#held, client, -1);
+    if (client !== undefined) {
+      count(this.#held, client, -1);
+      if (upload) count(this.#heldUploads, client, -1);
+    }
     for (let i = 0; i < this.#waiting.length && this.#active < this.connections; ) {
       const waiter = this.#waiting[i]!;
       if (!this.#fits(waiter.upload, waiter.client)) {
@@ -158,14 +168,26 @@ export class OriginGate {
     return (
       this.#active < this.connections &&
       (!upload || this.#uploads < this.#maxUploads) &&
-      (client === undefined || (this.#held.get(client) ?? 0) < this.#clientShare)
+      (client === undefined || ((this.#held.get(client) ?? 0) < this.#clientShare && (!upload || (this.#heldUploads.get(client) ?? 0) < this.#clientUploads)))
     );
+  }
+
+  /** Why a wait ended unadmitted: no place free, or none of the client's share (places may be free). */
+  #busyWaiting(upload: boolean, client: string | undefined): string {
+    const held = client === undefined ? 0 : (this.#held.get(client) ?? 0);
+    if (this.#active < this.connections && client !== undefined && held >= this.#clientShare)
+      return `origin busy: this client held its share of the places (${held} of ${this.connections}) for ${this.waitMs} ms`;
+    if (this.#active < this.connections && upload) return `origin busy: no place for a streamed upload or tunnel free within ${this.waitMs} ms`;
+    return `origin busy: no connection free within ${this.waitMs} ms`;
   }
 
   #admit(upload: boolean, client: string | undefined): void {
     this.#active++;
     if (upload) this.#uploads++;
-    if (client !== undefined) count(this.#held, client, 1);
+    if (client !== undefined) {
+      count(this.#held, client, 1);
+      if (upload) count(this.#heldUploads, client, 1);
+    }
   }
 }
 
