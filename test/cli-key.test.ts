@@ -127,6 +127,44 @@ describe('keyedge key', () => {
     expect(again.stderr).toMatch(/KEYEDGE_ERR_KEY_EXISTS: .*already in the token/);
   });
 
+  it("a key object that cannot be read (another tool's compressed EC point) is skipped with a warning naming it; the others are listed", () => {
+    const badConfig = join(dir, 'keyserver-bad-object.json');
+    writeFileSync(badConfig, JSON.stringify({ stateDir: './state-bad-object', admin: null }));
+    const good = keyedge('key', 'generate', '--config', badConfig, '--type', 'ec-p256', '--label', 'good', '--json');
+    expect(good.status, good.stderr).toBe(0);
+    // X9.62 allows a compressed point (0x02/0x03 || x) in CKA_EC_POINT, as another tool may store it.
+    const dist = (path: string): string => pathToFileURL(join(import.meta.dirname, '..', 'dist', path)).href;
+    const script = `
+      import { ECDH, generateKeyPairSync } from 'node:crypto';
+      import pkcs11js from 'pkcs11js';
+      import { loadKeyserverConfig } from '${dist('config/load.js')}';
+      import { tokenOptions } from '${dist('keyserver/token/open-options.js')}';
+      import { Token } from '${dist('keyserver/token/token.js')}';
+      const token = Token.open(tokenOptions(loadKeyserverConfig(process.argv[1])));
+      const jwk = generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey.export({ format: 'jwk' });
+      const point = Buffer.concat([Buffer.from([4]), Buffer.from(jwk.x, 'base64url'), Buffer.from(jwk.y, 'base64url')]);
+      const compressed = ECDH.convertKey(point, 'prime256v1', undefined, undefined, 'compressed');
+      const common = [
+        { type: pkcs11js.CKA_TOKEN, value: true }, { type: pkcs11js.CKA_LABEL, value: 'other-tool' }, { type: pkcs11js.CKA_ID, value: Buffer.from([7]) },
+        { type: pkcs11js.CKA_KEY_TYPE, value: pkcs11js.CKK_EC }, { type: pkcs11js.CKA_EC_PARAMS, value: Buffer.from('06082a8648ce3d030107', 'hex') },
+      ];
+      token.pkcs11.C_CreateObject(token.management, [...common, { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_PUBLIC_KEY },
+        { type: pkcs11js.CKA_EC_POINT, value: Buffer.concat([Buffer.from([4, compressed.length]), compressed]) }]);
+      token.pkcs11.C_CreateObject(token.management, [...common, { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_PRIVATE_KEY },
+        { type: pkcs11js.CKA_PRIVATE, value: true }, { type: pkcs11js.CKA_SENSITIVE, value: true }, { type: pkcs11js.CKA_SIGN, value: true },
+        { type: pkcs11js.CKA_VALUE, value: Buffer.from(jwk.d, 'base64url') }]);
+      token.close();`;
+    const made = spawnSync(process.execPath, ['--input-type=module', '-e', script, badConfig], { encoding: 'utf8', cwd: join(import.meta.dirname, '..') });
+    expect(made.status, made.stderr).toBe(0);
+    // Before: every action failed "unexpected failure: TypeError: Invalid JWK EC key", naming nothing.
+    const list = keyedge('key', 'list', '--config', badConfig, '--json');
+    expect(list.status, list.stderr).toBe(0);
+    expect((JSON.parse(list.stdout) as { label: string }[]).map((k) => k.label)).toEqual(['good']);
+    expect(list.stderr).toBe("keyedge warning: key object 'other-tool' (CKA_ID 07) skipped: it cannot be read as a key (Invalid JWK EC key)\n");
+    const another = keyedge('key', 'generate', '--config', badConfig, '--type', 'ec-p256', '--label', 'another');
+    expect(another.status, another.stderr).toBe(0);
+  });
+
   it('an import the token fails half-way leaves no object behind (a file-size limit cut the private object): a retry stores one key', () => {
     const limitedConfig = join(dir, 'keyserver-fsize.json');
     writeFileSync(limitedConfig, JSON.stringify({ stateDir: './state-fsize', admin: null }));

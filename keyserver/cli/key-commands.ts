@@ -179,7 +179,7 @@ export const keyCommand = (findKeyUsers: FindKeyUsers): Command => ({
         });
       case 'list':
         return withToken(values, async (token) => {
-          const keys = listKeys(token);
+          const keys = listKeys(token, warn);
           const rows = await Promise.all(keys.map(async (key) => ({ ...describe(key), ski: await subjectKeyIdentifier(key) })));
           if (values.json) {
             process.stdout.write(`${JSON.stringify(rows, null, 2)}\n`);

@@ -51,13 +51,14 @@ export function describeKeyType(key: Pick<TokenKey, 'kind' | 'bits'>): string {
   return `${key.kind}-${key.kind === 'ec' ? `p${key.bits}` : key.bits}`;
 }
 
-export function listKeys(token: Token): TokenKey[] {
+/** The token's keys; `warn` hears of each key object skipped because it cannot be read (readKeyOrUndefined). */
+export function listKeys(token: Token, warn?: (message: string) => void): TokenKey[] {
   // Token objects only: the key server's own session copies of these keys (session-keys.ts) are not more keys.
   return findObjects(token, [
     { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_PRIVATE_KEY },
     { type: pkcs11js.CKA_TOKEN, value: true },
   ])
-    .map((handle) => readKeyOrUndefined(token, handle))
+    .map((handle) => readKeyOrUndefined(token, handle, warn))
     .filter((key): key is TokenKey => key !== undefined);
 }
 
@@ -138,7 +139,7 @@ function findObjects(token: Token, template: pkcs11js.Template): pkcs11js.Handle
   }
 }
 
-function readKeyOrUndefined(token: Token, handle: pkcs11js.Handle): TokenKey | undefined {
+function readKeyOrUndefined(token: Token, handle: pkcs11js.Handle, warn: ((message: string) => void) | undefined): TokenKey | undefined {
   try {
     return readKey(token, handle);
   } catch (err) {
@@ -148,8 +149,44 @@ function readKeyOrUndefined(token: Token, handle: pkcs11js.Handle): TokenKey | u
     // same token (`keyedge key delete`, a renewal retiring its old key): a key
     // that is gone is not listed, as it would not be a moment later.
     if (vanished(err)) return undefined;
-    throw err;
+    // The token itself failing (its session, the device, the login) is no one object's: the caller hears of it.
+    if (tokenWide(err)) throw err;
+    // One object another tool stored in a form we cannot decode (a compressed EC point: spkiFromJwk's TypeError), or
+    // one SoftHSM2 wrote cut short (a file-size limit): it stopped every listing, so `keyedge key` and the key server's
+    // start, naming nothing. Skipped, and named by its label and CKA_ID; never its attributes' bytes.
+    warn?.(`key object ${describeObject(token, handle)} skipped: it cannot be read as a key (${err instanceof Error ? err.message : String(err)})`);
+    return undefined;
   }
+}
+
+/** CKRs that are the session's, the device's or the module's, not one object's (PKCS#11 v2.40 §5.1). */
+const TOKEN_WIDE: ReadonlySet<unknown> = new Set([
+  pkcs11js.CKR_SESSION_HANDLE_INVALID,
+  pkcs11js.CKR_SESSION_CLOSED,
+  pkcs11js.CKR_DEVICE_REMOVED,
+  pkcs11js.CKR_DEVICE_ERROR,
+  pkcs11js.CKR_DEVICE_MEMORY,
+  pkcs11js.CKR_HOST_MEMORY,
+  pkcs11js.CKR_TOKEN_NOT_PRESENT,
+  pkcs11js.CKR_USER_NOT_LOGGED_IN,
+  pkcs11js.CKR_CRYPTOKI_NOT_INITIALIZED,
+]);
+
+function tokenWide(err: unknown): boolean {
+  const cause = err instanceof TokenError ? err.cause : undefined;
+  return TOKEN_WIDE.has((cause as { code?: unknown } | undefined)?.code);
+}
+
+/** `'label' (CKA_ID hex)` of an object, as far as they can be read. */
+function describeObject(token: Token, handle: pkcs11js.Handle): string {
+  const read = (type: number): Buffer | undefined => {
+    try {
+      return token.pkcs11.C_GetAttributeValue(token.management, handle, [{ type }])[0]?.value as Buffer | undefined;
+    } catch {
+      return undefined;
+    }
+  };
+  return `'${read(pkcs11js.CKA_LABEL)?.toString('utf8') ?? '?'}' (CKA_ID ${read(pkcs11js.CKA_ID)?.toString('hex') ?? '?'})`;
 }
 
 /**
