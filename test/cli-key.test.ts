@@ -192,6 +192,30 @@ describe('keyedge key', () => {
     expect(objectsWithId(limitedConfig, keyId)).toBe(2);
   });
 
+  it('an EC key the token accepts but stores cut short (a file-size limit) is an error, with no NOTE to shred the only copy', () => {
+    const limitedConfig = join(dir, 'keyserver-fsize-ec.json');
+    writeFileSync(limitedConfig, JSON.stringify({ stateDir: './state-fsize-ec', admin: null }));
+    expect(keyedge('key', 'list', '--config', limitedConfig).status).toBe(0);
+    const pem = join(dir, 'small-ec.pem');
+    writeFileSync(pem, generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey.export({ type: 'pkcs8', format: 'pem' }));
+    // Under 700 bytes SoftHSM2 writes the EC objects cut short and C_CreateObject (C_GenerateKeyPair) still says CKR_OK.
+    const limited = (...args: string[]) =>
+      spawnSync('prlimit', ['--fsize=700', process.execPath, KEYEDGE, 'key', ...args, '--config', limitedConfig], { encoding: 'utf8', cwd: dir });
+    const imported = limited('import', '--in', pem, '--label', 'cut-short');
+    // Before: status 0, "imported ec-p256 key 'cut-short'" and the NOTE to shred small-ec.pem, and no such key listed.
+    expect(imported.status, imported.stdout).toBe(1);
+    expect(imported.stdout).toBe('');
+    expect(imported.stderr).toMatch(
+      /^keyedge: KEYEDGE_ERR_TOKEN_OPERATION: key 'cut-short' \(key id [0-9a-f]{64}\) is not in token 'keyedge' when read back: .*; .*small-ec\.pem is still the only copy of the key: keep it\n$/,
+    );
+    const generated = limited('generate', '--type', 'ec-p256', '--label', 'cut-short-too');
+    expect(generated.status, generated.stdout).toBe(1);
+    expect(generated.stderr).toContain('is not in token');
+    const list = keyedge('key', 'list', '--config', limitedConfig, '--json');
+    expect(list.status, list.stderr).toBe(0);
+    expect(JSON.parse(list.stdout)).toEqual([]);
+  });
+
   it('reads a key file to 1 MiB at most: a large file or an endless device (/dev/zero) is refused unread past that, a pipe is read', () => {
     const big = join(dir, 'big.pem');
     writeFileSync(big, Buffer.alloc(50 * 1024 * 1024, 0x41));
