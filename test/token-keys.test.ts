@@ -40,6 +40,34 @@ describe('generated keys', () => {
     expect(() => env.token.pkcs11.C_GetAttributeValue(env.token.management, key.privateHandle, [{ type: secret }])).toThrow(/CKR_ATTRIBUTE_SENSITIVE/);
   });
 
+  it.each(['ec-p256', 'rsa-2048'] as const)('%s: a failure after the pair is made (giving it its key id) leaves no object, and the label free', (type) => {
+    const label = `half-made-${type}`;
+    let calls = 0;
+    const real = env.token.pkcs11;
+    const pkcs11 = new Proxy(real, {
+      get(target, prop) {
+        if (prop === 'C_SetAttributeValue') {
+          return (...args: Parameters<typeof real.C_SetAttributeValue>) => {
+            calls += 1;
+            if (calls === 2) throw Object.assign(new Error('CKR_GENERAL_ERROR'), { code: pkcs11js.CKR_GENERAL_ERROR });
+            return target.C_SetAttributeValue(...args);
+          };
+        }
+        const value = Reflect.get(target, prop) as unknown;
+        return typeof value === 'function' ? value.bind(target) : value;
+      },
+    });
+    const failing = { pkcs11, management: env.token.management, slot: env.token.slot, label: env.token.label } as unknown as typeof env.token;
+    expect(() => generateKey(failing, type, label)).toThrow(/C_SetAttributeValue failed/);
+    const { management } = env.token;
+    real.C_FindObjectsInit(management, [{ type: pkcs11js.CKA_LABEL, value: label }]);
+    const left = real.C_FindObjects(management, 16);
+    real.C_FindObjectsFinal(management);
+    // Before: the pair stayed under its placeholder id (the public object with the key id), and the retry was refused.
+    expect(left).toHaveLength(0);
+    expect(generateKey(env.token, type, label).label).toBe(label);
+  });
+
   it('refuses a label that is taken', () => {
     expect(() => generateKey(env.token, 'ec-p256', 'gen-ec-p256')).toThrow(KeyError);
   });
