@@ -91,6 +91,10 @@ describe('keyedge key', () => {
     expect(unset.status).toBe(1);
     expect(unset.stderr).toContain('KEYEDGE_ERR_TOKEN_PIN: the PIN variable KEYEDGE_TEST_STDIN_PIN is not set');
     expect(`${piped.stdout}${piped.stderr}${echoed.stderr}${unset.stderr}`.includes(pin), 'the PIN in the output').toBe(false);
+    // Read to 64 KiB at most, as a PIN file is: stdin was read whole (`< /dev/zero` until memory ran out).
+    const endless = list('0'.repeat(64 * 1024 + 1), '--pin-stdin');
+    expect(endless.status).toBe(1);
+    expect(endless.stderr).toBe('keyedge: KEYEDGE_ERR_TOKEN_PIN: cannot read the PIN from standard input (--pin-stdin): more than 65536 bytes\n');
   });
 
   it('--pin-stdin with a config that takes the PIN from a file is a usage error naming both, stdin unread (it was ignored)', () => {

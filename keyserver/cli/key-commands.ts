@@ -5,7 +5,6 @@
  * the key server is up, which picks new keys up on first use. `delete`
  * refuses a key a certificate of the proxy uses, unless --force (key-users.ts).
  */
-import { readFileSync } from 'node:fs';
 import { loadKeyserverConfig } from '../../config/load.js';
 import { KeyError, SetupError, TokenError, UsageError } from '../shared/errors.js';
 import { tokenOptions } from '../token/open-options.js';
@@ -257,6 +256,27 @@ function warn(message: string): void {
   process.stderr.write(`keyedge warning: ${message}\n`);
 }
 
+/** As the PIN file (embedded.ts): far past any PIN, a larger input is not one. */
+const MAX_PIN_BYTES = 64 * 1024;
+
+/**
+ * --pin-stdin's PIN, read to MAX_PIN_BYTES at most: read whole, a mistaken `< /dev/zero` grew the process until memory
+ * ran out. The bytes read are wiped once the string is made.
+ */
+function readPinFromStdin(): string {
+  let bytes: Buffer;
+  try {
+    bytes = readOperatorFile(STANDARD_INPUT, MAX_PIN_BYTES);
+  } catch (err) {
+    throw new TokenError('KEYEDGE_ERR_TOKEN_PIN', `cannot read the PIN from standard input (--pin-stdin): ${operatorFileFailure(err)}`, { cause: err });
+  }
+  try {
+    return bytes.toString('utf8').replace(/\r?\n$/, '');
+  } finally {
+    bytes.fill(0);
+  }
+}
+
 /**
  * After `key generate|import`, in a fresh module instance (what every later run sees): the key read back from the
  * token's store. SoftHSM2 under a file-size limit (or on a full disk) wrote the object cut short and answered CKR_OK:
@@ -302,7 +322,7 @@ async function withToken<T, R>(
   }
   // Set here, the variable is in this process's memory only: /proc/<pid>/environ shows the block it was started with.
   // One line ending is the end of the line, as `echo "$PIN" |` sends it (docker login --password-stdin drops it too).
-  if (options['pin-stdin'] === true && 'env' in pin) process.env[pin.env] = readFileSync(0, 'utf8').replace(/\r?\n$/, '');
+  if (options['pin-stdin'] === true && 'env' in pin) process.env[pin.env] = readPinFromStdin();
   const opening = tokenOptions(config, warn);
   const token = Token.open(opening);
   let result: T;
