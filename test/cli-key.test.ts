@@ -1,6 +1,19 @@
 import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import { createHash, createPublicKey, generateKeyPairSync } from 'node:crypto';
-import { existsSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
+import {
+  closeSync,
+  existsSync,
+  lstatSync,
+  openSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  statSync,
+  symlinkSync,
+  writeFileSync,
+} from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
@@ -218,6 +231,27 @@ describe('keyedge key', () => {
     const list = keyedge('key', 'list', '--config', limitedConfig, '--json');
     expect(list.status, list.stderr).toBe(0);
     expect(JSON.parse(list.stdout)).toEqual([]);
+  });
+
+  it('a standard output that cannot be written (/dev/full) is said without a stack, with the key id of the key generated', () => {
+    const full = openSync('/dev/full', 'w');
+    try {
+      const run = (...args: string[]) =>
+        spawnSync(process.execPath, [KEYEDGE, 'key', ...args, '--config', config], { encoding: 'utf8', cwd: dir, stdio: ['ignore', full, 'pipe'] });
+      // Before: Node's stack for the ENOSPC write ("Error: ENOSPC: no space left on device, write"), no key id.
+      const generated = run('generate', '--type', 'ec-p256', '--label', 'to-full');
+      expect(generated.status).toBe(1);
+      expect(generated.stderr).toMatch(
+        /^keyedge: KEYEDGE_ERR_SETUP: cannot write to standard output: ENOSPC; key 'to-full' \(key id [0-9a-f]{64}\) was generated in token 'keyedge'\n$/,
+      );
+      const csr = run('csr', '--key', 'to-full', '--domain', 'full.example');
+      expect(csr.status).toBe(1);
+      expect(csr.stderr).toMatch(
+        /^keyedge: KEYEDGE_ERR_SETUP: cannot write to standard output: ENOSPC; the CSR for key 'to-full' \(key id [0-9a-f]{64}\) was not written whole\n$/,
+      );
+    } finally {
+      closeSync(full);
+    }
   });
 
   it('reads a key file to 1 MiB at most: a large file or an endless device (/dev/zero) is refused unread past that, a pipe is read', () => {

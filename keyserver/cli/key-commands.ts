@@ -12,7 +12,7 @@ import { generateKey, KEY_TYPES, type KeyType } from '../token/key-generate.js';
 import { importKey } from '../token/key-import.js';
 import { deleteKey, describeKeyType, findKey, findKeyById, listKeys, type TokenKey } from '../token/keys.js';
 import { Token } from '../token/token.js';
-import { type Command, formatTable, parseCommandArgs, requireOption } from '../shared/command.js';
+import { type Command, formatTable, noteDone, parseCommandArgs, requireOption } from '../shared/command.js';
 import { operatorFileFailure, operatorFileName, readOperatorFile, STANDARD_INPUT } from '../shared/operator-file.js';
 import { OutputFileIsLink, writeOutputFile } from '../shared/output-file.js';
 import { shellWord } from '../shared/shell-word.js';
@@ -113,6 +113,7 @@ export const keyCommand = (findKeyUsers: FindKeyUsers): Command => ({
           },
           (token, key) => {
             confirmStored(token, key, 'nothing usable was made');
+            noteDone(`key '${key.label}' (key id ${key.keyId}) was generated in token '${token.label}'`);
             if (values.json) {
               process.stdout.write(`${JSON.stringify({ ...describe(key), spki: key.spki.toString('base64') })}\n`);
               return 0;
@@ -182,6 +183,7 @@ export const keyCommand = (findKeyUsers: FindKeyUsers): Command => ({
             }
             process.stdout.write(`wrote a CSR for ${domains.join(', ')} with key ${key.keyId} to ${values.out}\n`);
           } else {
+            noteDone(`the CSR for key '${key.label}' (key id ${key.keyId}) was not written whole`);
             process.stdout.write(pem);
           }
           return 0;
