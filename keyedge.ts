@@ -11,7 +11,7 @@
  * proxy/ imports it (test/layering.test.ts).
  */
 import { existsSync, readFileSync } from 'node:fs';
-import type { Command } from './keyserver/shared/command.js';
+import { type Command, doneSoFar } from './keyserver/shared/command.js';
 import { KeyedgeError } from './keyserver/shared/errors.js';
 
 /**
@@ -100,8 +100,12 @@ function stopQuietlyOnClosedStdout(): void {
   if (quietOnClosedStdout) return;
   quietOnClosedStdout = true;
   process.stdout.on('error', (err: NodeJS.ErrnoException) => {
-    if (err.code !== 'EPIPE') throw err;
-    process.exit(0);
+    if (err.code === 'EPIPE') process.exit(0);
+    // Any other write failure (ENOSPC under `> file` on a full disk, EIO) printed Node's stack: said as the command's
+    // failure, with what it had done (a key generated is in the token: its key id is on stderr, not lost with stdout).
+    const done = doneSoFar();
+    process.stderr.write(`keyedge: KEYEDGE_ERR_SETUP: cannot write to standard output: ${err.code ?? err.message}${done === undefined ? '' : `; ${done}`}\n`);
+    process.exit(1);
   });
 }
 

@@ -178,6 +178,22 @@ describe('keyedge cert', () => {
     expect(result.stdout).toMatch(/warning: the leaf expires in \d+ hours/);
   });
 
+  it('shows an entry the key server could not be asked about with status 3, and says so (it was status 0, "status: ok")', async () => {
+    const away = join(lab.dir, 'proxy-keyserver-away.json');
+    const settings = JSON.parse(readFileSync(config, 'utf8')) as Record<string, unknown>;
+    writeFileSync(away, JSON.stringify({ ...settings, keyserver: { socket: join(lab.dir, 'no-keyserver.sock') } }));
+    const text = await runCli(['cert', 'show', 'shop', '--config', away]);
+    expect(text.code, text.stderr).toBe(3);
+    expect(text.stdout).toContain('status:    ok by every rule checked here; its key not checked (see keyserver)');
+    expect(text.stdout).toMatch(/keyserver: not checked: /);
+    const json = await runInProcess(['cert', 'show', 'shop', '--json', '--config', away]);
+    expect(json.code).toBe(3);
+    expect(JSON.parse(json.stdout)).toMatchObject({ status: 'ok', keyserverVerdict: 'not_checked' });
+    const checked = await here('show', 'shop', '--json');
+    expect(checked.code).toBe(0);
+    expect(JSON.parse(checked.stdout)).toMatchObject({ status: 'ok', keyserverVerdict: 'holds_key' });
+  });
+
   it('refuses an expired renewal and leaves the entry byte-identical', async () => {
     const before = snapshot('shop');
     expect(Object.keys(before).sort()).toEqual(['shop.json', 'shop.pem']);

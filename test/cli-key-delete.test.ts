@@ -136,6 +136,29 @@ describe('keyedge key delete', () => {
     expect(labels()).not.toContain('edge-key');
   });
 
+  it("refuses while a config certificate's chain cannot be read or holds no certificate, naming the file (it was counted as unused)", async () => {
+    const kept = generate('unreadable-chain-key');
+    const setup = join(dir, 'unreadable');
+    mkdirSync(join(setup, 'store'), { recursive: true });
+    // A directory where the chain should be: unreadable as another user's 0700 directory is to the deleting user.
+    mkdirSync(join(setup, 'chain.pem'));
+    writeFileSync(join(setup, 'empty.pem'), 'no certificate here\n');
+    const proxyConfig = join(setup, 'proxy.json');
+    const certificates = [
+      { name: 'hidden', chain: 'chain.pem' },
+      { name: 'empty', chain: 'empty.pem' },
+    ];
+    writeFileSync(proxyConfig, JSON.stringify({ stateDir: './state', admin: null, certStore: { dir: join(setup, 'store') }, certificates }));
+    const refused = keyedge(dir, 'key', 'delete', '--config', ksConfig, '--key', 'unreadable-chain-key', '--proxy-config', proxyConfig);
+    expect(refused.status, refused.stdout).toBe(1);
+    expect(refused.stderr).toContain(
+      `keyedge: KEYEDGE_ERR_KEY_IN_USE: key 'unreadable-chain-key' (key id ${kept.keyId}) may be used by 2 store entries of the config ${proxyConfig} ` +
+        `and the certificate store ${join(setup, 'store')} that could not be read: 'hidden' (${join(setup, 'chain.pem')}, in certificates: EISDIR), ` +
+        `'empty' (no certificate could be read from ${join(setup, 'empty.pem')}, in certificates); `,
+    );
+    expect(labels()).toContain('unreadable-chain-key');
+  });
+
   it("without --proxy-config, looks at ./config/proxy.json where there is one: `npm run up`'s demo certificate is one of its certificates", async () => {
     // The layout `npm run up` makes: config/proxy.json names var/demo/demo-chain.pem, its store var/certs is empty.
     const setup = join(dir, 'setup');

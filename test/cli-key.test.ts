@@ -1,6 +1,19 @@
 import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import { createHash, createPublicKey, generateKeyPairSync } from 'node:crypto';
-import { existsSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
+import {
+  closeSync,
+  existsSync,
+  lstatSync,
+  openSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  statSync,
+  symlinkSync,
+  writeFileSync,
+} from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
@@ -91,6 +104,10 @@ describe('keyedge key', () => {
     expect(unset.status).toBe(1);
     expect(unset.stderr).toContain('KEYEDGE_ERR_TOKEN_PIN: the PIN variable KEYEDGE_TEST_STDIN_PIN is not set');
     expect(`${piped.stdout}${piped.stderr}${echoed.stderr}${unset.stderr}`.includes(pin), 'the PIN in the output').toBe(false);
+    // Read to 64 KiB at most, as a PIN file is: stdin was read whole (`< /dev/zero` until memory ran out).
+    const endless = list('0'.repeat(64 * 1024 + 1), '--pin-stdin');
+    expect(endless.status).toBe(1);
+    expect(endless.stderr).toBe('keyedge: KEYEDGE_ERR_TOKEN_PIN: cannot read the PIN from standard input (--pin-stdin): more than 65536 bytes\n');
   });
 
   it('--pin-stdin with a config that takes the PIN from a file is a usage error naming both, stdin unread (it was ignored)', () => {
@@ -127,6 +144,44 @@ describe('keyedge key', () => {
     expect(again.stderr).toMatch(/KEYEDGE_ERR_KEY_EXISTS: .*already in the token/);
   });
 
+  it("a key object that cannot be read (another tool's compressed EC point) is skipped with a warning naming it; the others are listed", () => {
+    const badConfig = join(dir, 'keyserver-bad-object.json');
+    writeFileSync(badConfig, JSON.stringify({ stateDir: './state-bad-object', admin: null }));
+    const good = keyedge('key', 'generate', '--config', badConfig, '--type', 'ec-p256', '--label', 'good', '--json');
+    expect(good.status, good.stderr).toBe(0);
+    // X9.62 allows a compressed point (0x02/0x03 || x) in CKA_EC_POINT, as another tool may store it.
+    const dist = (path: string): string => pathToFileURL(join(import.meta.dirname, '..', 'dist', path)).href;
+    const script = `
+      import { ECDH, generateKeyPairSync } from 'node:crypto';
+      import pkcs11js from 'pkcs11js';
+      import { loadKeyserverConfig } from '${dist('config/load.js')}';
+      import { tokenOptions } from '${dist('keyserver/token/open-options.js')}';
+      import { Token } from '${dist('keyserver/token/token.js')}';
+      const token = Token.open(tokenOptions(loadKeyserverConfig(process.argv[1])));
+      const jwk = generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey.export({ format: 'jwk' });
+      const point = Buffer.concat([Buffer.from([4]), Buffer.from(jwk.x, 'base64url'), Buffer.from(jwk.y, 'base64url')]);
+      const compressed = ECDH.convertKey(point, 'prime256v1', undefined, undefined, 'compressed');
+      const common = [
+        { type: pkcs11js.CKA_TOKEN, value: true }, { type: pkcs11js.CKA_LABEL, value: 'other-tool' }, { type: pkcs11js.CKA_ID, value: Buffer.from([7]) },
+        { type: pkcs11js.CKA_KEY_TYPE, value: pkcs11js.CKK_EC }, { type: pkcs11js.CKA_EC_PARAMS, value: Buffer.from('06082a8648ce3d030107', 'hex') },
+      ];
+      token.pkcs11.C_CreateObject(token.management, [...common, { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_PUBLIC_KEY },
+        { type: pkcs11js.CKA_EC_POINT, value: Buffer.concat([Buffer.from([4, compressed.length]), compressed]) }]);
+      token.pkcs11.C_CreateObject(token.management, [...common, { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_PRIVATE_KEY },
+        { type: pkcs11js.CKA_PRIVATE, value: true }, { type: pkcs11js.CKA_SENSITIVE, value: true }, { type: pkcs11js.CKA_SIGN, value: true },
+        { type: pkcs11js.CKA_VALUE, value: Buffer.from(jwk.d, 'base64url') }]);
+      token.close();`;
+    const made = spawnSync(process.execPath, ['--input-type=module', '-e', script, badConfig], { encoding: 'utf8', cwd: join(import.meta.dirname, '..') });
+    expect(made.status, made.stderr).toBe(0);
+    // Before: every action failed "unexpected failure: TypeError: Invalid JWK EC key", naming nothing.
+    const list = keyedge('key', 'list', '--config', badConfig, '--json');
+    expect(list.status, list.stderr).toBe(0);
+    expect((JSON.parse(list.stdout) as { label: string }[]).map((k) => k.label)).toEqual(['good']);
+    expect(list.stderr).toBe("keyedge warning: key object 'other-tool' (CKA_ID 07) skipped: it cannot be read as a key (Invalid JWK EC key)\n");
+    const another = keyedge('key', 'generate', '--config', badConfig, '--type', 'ec-p256', '--label', 'another');
+    expect(another.status, another.stderr).toBe(0);
+  });
+
   it('an import the token fails half-way leaves no object behind (a file-size limit cut the private object): a retry stores one key', () => {
     const limitedConfig = join(dir, 'keyserver-fsize.json');
     writeFileSync(limitedConfig, JSON.stringify({ stateDir: './state-fsize', admin: null }));
@@ -152,6 +207,51 @@ describe('keyedge key', () => {
     expect(retry.status, retry.stderr).toBe(0);
     expect(retry.stdout).toMatch(/imported rsa-7[0-9]{3} key 'large'/);
     expect(objectsWithId(limitedConfig, keyId)).toBe(2);
+  });
+
+  it('an EC key the token accepts but stores cut short (a file-size limit) is an error, with no NOTE to shred the only copy', () => {
+    const limitedConfig = join(dir, 'keyserver-fsize-ec.json');
+    writeFileSync(limitedConfig, JSON.stringify({ stateDir: './state-fsize-ec', admin: null }));
+    expect(keyedge('key', 'list', '--config', limitedConfig).status).toBe(0);
+    const pem = join(dir, 'small-ec.pem');
+    writeFileSync(pem, generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey.export({ type: 'pkcs8', format: 'pem' }));
+    // Under 700 bytes SoftHSM2 writes the EC objects cut short and C_CreateObject (C_GenerateKeyPair) still says CKR_OK.
+    const limited = (...args: string[]) =>
+      spawnSync('prlimit', ['--fsize=700', process.execPath, KEYEDGE, 'key', ...args, '--config', limitedConfig], { encoding: 'utf8', cwd: dir });
+    const imported = limited('import', '--in', pem, '--label', 'cut-short');
+    // Before: status 0, "imported ec-p256 key 'cut-short'" and the NOTE to shred small-ec.pem, and no such key listed.
+    expect(imported.status, imported.stdout).toBe(1);
+    expect(imported.stdout).toBe('');
+    expect(imported.stderr).toMatch(
+      /^keyedge: KEYEDGE_ERR_TOKEN_OPERATION: key 'cut-short' \(key id [0-9a-f]{64}\) is not in token 'keyedge' when read back: .*; .*small-ec\.pem is still the only copy of the key: keep it\n$/,
+    );
+    const generated = limited('generate', '--type', 'ec-p256', '--label', 'cut-short-too');
+    expect(generated.status, generated.stdout).toBe(1);
+    expect(generated.stderr).toContain('is not in token');
+    const list = keyedge('key', 'list', '--config', limitedConfig, '--json');
+    expect(list.status, list.stderr).toBe(0);
+    expect(JSON.parse(list.stdout)).toEqual([]);
+  });
+
+  it('a standard output that cannot be written (/dev/full) is said without a stack, with the key id of the key generated', () => {
+    const full = openSync('/dev/full', 'w');
+    try {
+      const run = (...args: string[]) =>
+        spawnSync(process.execPath, [KEYEDGE, 'key', ...args, '--config', config], { encoding: 'utf8', cwd: dir, stdio: ['ignore', full, 'pipe'] });
+      // Before: Node's stack for the ENOSPC write ("Error: ENOSPC: no space left on device, write"), no key id.
+      const generated = run('generate', '--type', 'ec-p256', '--label', 'to-full');
+      expect(generated.status).toBe(1);
+      expect(generated.stderr).toMatch(
+        /^keyedge: KEYEDGE_ERR_SETUP: cannot write to standard output: ENOSPC; key 'to-full' \(key id [0-9a-f]{64}\) was generated in token 'keyedge'\n$/,
+      );
+      const csr = run('csr', '--key', 'to-full', '--domain', 'full.example');
+      expect(csr.status).toBe(1);
+      expect(csr.stderr).toMatch(
+        /^keyedge: KEYEDGE_ERR_SETUP: cannot write to standard output: ENOSPC; the CSR for key 'to-full' \(key id [0-9a-f]{64}\) was not written whole\n$/,
+      );
+    } finally {
+      closeSync(full);
+    }
   });
 
   it('reads a key file to 1 MiB at most: a large file or an endless device (/dev/zero) is refused unread past that, a pipe is read', () => {

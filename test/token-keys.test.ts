@@ -3,10 +3,11 @@ import pkcs11js from 'pkcs11js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { KEY_TYPES, generateKey } from '../keyserver/token/key-generate.js';
 import { importKey } from '../keyserver/token/key-import.js';
-import { listKeys, findKey, type TokenKey } from '../keyserver/token/keys.js';
+import { deleteKey, listKeys, findKey, publicKeyFromObject, type TokenKey } from '../keyserver/token/keys.js';
 import { signDigest } from '../keyserver/token/sign.js';
 import type { HashName, SignatureScheme as SignScheme } from '../keyserver/protocol/constants.js';
 import { KeyError } from '../keyserver/shared/errors.js';
+import { keyIdOf } from '../keyserver/shared/key-id.js';
 import { oversizeRsa } from './helpers/oversize-rsa.js';
 import { temporaryToken } from './helpers/token.js';
 
@@ -37,6 +38,34 @@ describe('generated keys', () => {
     // the private half cannot be read out
     const secret = key.kind === 'ec' ? pkcs11js.CKA_VALUE : pkcs11js.CKA_PRIVATE_EXPONENT;
     expect(() => env.token.pkcs11.C_GetAttributeValue(env.token.management, key.privateHandle, [{ type: secret }])).toThrow(/CKR_ATTRIBUTE_SENSITIVE/);
+  });
+
+  it.each(['ec-p256', 'rsa-2048'] as const)('%s: a failure after the pair is made (giving it its key id) leaves no object, and the label free', (type) => {
+    const label = `half-made-${type}`;
+    let calls = 0;
+    const real = env.token.pkcs11;
+    const pkcs11 = new Proxy(real, {
+      get(target, prop) {
+        if (prop === 'C_SetAttributeValue') {
+          return (...args: Parameters<typeof real.C_SetAttributeValue>) => {
+            calls += 1;
+            if (calls === 2) throw Object.assign(new Error('CKR_GENERAL_ERROR'), { code: pkcs11js.CKR_GENERAL_ERROR });
+            return target.C_SetAttributeValue(...args);
+          };
+        }
+        const value = Reflect.get(target, prop) as unknown;
+        return typeof value === 'function' ? value.bind(target) : value;
+      },
+    });
+    const failing = { pkcs11, management: env.token.management, slot: env.token.slot, label: env.token.label } as unknown as typeof env.token;
+    expect(() => generateKey(failing, type, label)).toThrow(/C_SetAttributeValue failed/);
+    const { management } = env.token;
+    real.C_FindObjectsInit(management, [{ type: pkcs11js.CKA_LABEL, value: label }]);
+    const left = real.C_FindObjects(management, 16);
+    real.C_FindObjectsFinal(management);
+    // Before: the pair stayed under its placeholder id (the public object with the key id), and the retry was refused.
+    expect(left).toHaveLength(0);
+    expect(generateKey(env.token, type, label).label).toBe(label);
   });
 
   it('refuses a label that is taken', () => {
@@ -119,6 +148,92 @@ describe('imported keys', () => {
       pkcs11.C_FindObjectsFinal(management);
       expect(stored, source).toHaveLength(0);
     }
+  });
+});
+
+/** Objects with this CKA_ID, private or public. */
+function objectsWithId(id: Buffer): pkcs11js.Handle[] {
+  const { pkcs11, management } = env.token;
+  pkcs11.C_FindObjectsInit(management, [{ type: pkcs11js.CKA_ID, value: id }]);
+  const handles = pkcs11.C_FindObjects(management, 64);
+  pkcs11.C_FindObjectsFinal(management);
+  return handles;
+}
+
+describe("other tools' keys sharing one CKA_ID (pkcs11-tool --id 01)", () => {
+  it('deleting one RSA key leaves the other and its public object', () => {
+    const { pkcs11, management } = env.token;
+    const id = Buffer.from([1]);
+    const b = (v: string | undefined): Buffer => Buffer.from(v ?? '', 'base64url');
+    const spkis = new Map<string, Buffer>();
+    for (const label of ['rsa-a', 'rsa-b']) {
+      const { privateKey, publicKey } = generateKeyPairSync('rsa', { modulusLength: 2048 });
+      spkis.set(label, publicKey.export({ type: 'spki', format: 'der' }));
+      const j = privateKey.export({ format: 'jwk' });
+      const common = [
+        { type: pkcs11js.CKA_TOKEN, value: true },
+        { type: pkcs11js.CKA_LABEL, value: label },
+        { type: pkcs11js.CKA_ID, value: id },
+        { type: pkcs11js.CKA_KEY_TYPE, value: pkcs11js.CKK_RSA },
+        { type: pkcs11js.CKA_MODULUS, value: b(j.n) },
+        { type: pkcs11js.CKA_PUBLIC_EXPONENT, value: b(j.e) },
+      ];
+      pkcs11.C_CreateObject(management, [...common, { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_PUBLIC_KEY }]);
+      pkcs11.C_CreateObject(management, [
+        ...common,
+        { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_PRIVATE_KEY },
+        { type: pkcs11js.CKA_PRIVATE, value: true },
+        { type: pkcs11js.CKA_SENSITIVE, value: true },
+        { type: pkcs11js.CKA_SIGN, value: true },
+        { type: pkcs11js.CKA_PRIVATE_EXPONENT, value: b(j.d) },
+        { type: pkcs11js.CKA_PRIME_1, value: b(j.p) },
+        { type: pkcs11js.CKA_PRIME_2, value: b(j.q) },
+        { type: pkcs11js.CKA_EXPONENT_1, value: b(j.dp) },
+        { type: pkcs11js.CKA_EXPONENT_2, value: b(j.dq) },
+        { type: pkcs11js.CKA_COEFFICIENT, value: b(j.qi) },
+      ]);
+    }
+    expect(objectsWithId(id)).toHaveLength(4);
+    // Before: every object with CKA_ID 01 was destroyed, rsa-a with rsa-b.
+    expect(deleteKey(env.token, 'rsa-b').label).toBe('rsa-b');
+    const left = listKeys(env.token).filter((k) => k.label.startsWith('rsa-'));
+    expect(left.map((k) => [k.label, k.keyId])).toEqual([['rsa-a', keyIdOf(spkis.get('rsa-a')!)]]);
+    expect(objectsWithId(id)).toHaveLength(2);
+    deleteKey(env.token, 'rsa-a');
+    expect(objectsWithId(id)).toHaveLength(0);
+  });
+
+  it('two EC keys are each listed with their own public key, and deleting one leaves the other', () => {
+    const { pkcs11, management } = env.token;
+    const id = Buffer.from([2]);
+    const made = new Map<string, string>();
+    for (const label of ['ec-a', 'ec-b']) {
+      const common = [
+        { type: pkcs11js.CKA_TOKEN, value: true },
+        { type: pkcs11js.CKA_LABEL, value: label },
+        { type: pkcs11js.CKA_ID, value: id },
+      ];
+      const pair = pkcs11.C_GenerateKeyPair(
+        management,
+        { mechanism: pkcs11js.CKM_EC_KEY_PAIR_GEN },
+        [...common, { type: pkcs11js.CKA_EC_PARAMS, value: Buffer.from('06082a8648ce3d030107', 'hex') }, { type: pkcs11js.CKA_VERIFY, value: true }],
+        [...common, { type: pkcs11js.CKA_PRIVATE, value: true }, { type: pkcs11js.CKA_SENSITIVE, value: true }, { type: pkcs11js.CKA_SIGN, value: true }],
+      );
+      made.set(label, keyIdOf(publicKeyFromObject(env.token, pair.publicKey)));
+    }
+    const listed = () =>
+      listKeys(env.token)
+        .filter((k) => k.label.startsWith('ec-'))
+        .map((k) => [k.label, k.keyId])
+        .sort();
+    // Before: both were listed with the first public object found, one under the other's key id.
+    expect(listed()).toEqual([
+      ['ec-a', made.get('ec-a')],
+      ['ec-b', made.get('ec-b')],
+    ]);
+    deleteKey(env.token, 'ec-b');
+    expect(listed()).toEqual([['ec-a', made.get('ec-a')]]);
+    expect(objectsWithId(id)).toHaveLength(2);
   });
 });
 

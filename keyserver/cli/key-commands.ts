@@ -5,15 +5,14 @@
  * the key server is up, which picks new keys up on first use. `delete`
  * refuses a key a certificate of the proxy uses, unless --force (key-users.ts).
  */
-import { readFileSync } from 'node:fs';
 import { loadKeyserverConfig } from '../../config/load.js';
-import { KeyError, SetupError, UsageError } from '../shared/errors.js';
+import { KeyError, SetupError, TokenError, UsageError } from '../shared/errors.js';
 import { tokenOptions } from '../token/open-options.js';
 import { generateKey, KEY_TYPES, type KeyType } from '../token/key-generate.js';
 import { importKey } from '../token/key-import.js';
-import { deleteKey, describeKeyType, findKey, listKeys, type TokenKey } from '../token/keys.js';
+import { deleteKey, describeKeyType, findKey, findKeyById, listKeys, type TokenKey } from '../token/keys.js';
 import { Token } from '../token/token.js';
-import { type Command, formatTable, parseCommandArgs, requireOption } from '../shared/command.js';
+import { type Command, formatTable, noteDone, parseCommandArgs, requireOption } from '../shared/command.js';
 import { operatorFileFailure, operatorFileName, readOperatorFile, STANDARD_INPUT } from '../shared/operator-file.js';
 import { OutputFileIsLink, writeOutputFile } from '../shared/output-file.js';
 import { shellWord } from '../shared/shell-word.js';
@@ -105,17 +104,24 @@ export const keyCommand = (findKeyUsers: FindKeyUsers): Command => ({
     guardKeyCommand(warn);
     switch (action) {
       case 'generate':
-        return withToken(values, (token) => {
-          const type = requireOption(values.type, '--type', USAGE);
-          if (!(KEY_TYPES as readonly string[]).includes(type)) throw new UsageError(`--type must be one of ${KEY_TYPES.join(', ')}, got '${type}'`);
-          const key = generateKey(token, type as KeyType, requireOption(values.label, '--label', USAGE));
-          if (values.json) {
-            process.stdout.write(`${JSON.stringify({ ...describe(key), spki: key.spki.toString('base64') })}\n`);
+        return withToken(
+          values,
+          (token) => {
+            const type = requireOption(values.type, '--type', USAGE);
+            if (!(KEY_TYPES as readonly string[]).includes(type)) throw new UsageError(`--type must be one of ${KEY_TYPES.join(', ')}, got '${type}'`);
+            return generateKey(token, type as KeyType, requireOption(values.label, '--label', USAGE));
+          },
+          (token, key) => {
+            confirmStored(token, key, 'nothing usable was made');
+            noteDone(`key '${key.label}' (key id ${key.keyId}) was generated in token '${token.label}'`);
+            if (values.json) {
+              process.stdout.write(`${JSON.stringify({ ...describe(key), spki: key.spki.toString('base64') })}\n`);
+              return 0;
+            }
+            process.stdout.write(`generated ${describeKeyType(key)} key '${key.label}' inside token '${token.label}'\nkey id: ${key.keyId}\n`);
             return 0;
-          }
-          process.stdout.write(`generated ${describeKeyType(key)} key '${key.label}' inside token '${token.label}'\nkey id: ${key.keyId}\n`);
-          return 0;
-        });
+          },
+        );
       case 'import': {
         const file = requireOption(values.in, '--in', USAGE);
         const label = requireOption(values.label, '--label', USAGE);
@@ -131,19 +137,23 @@ export const keyCommand = (findKeyUsers: FindKeyUsers): Command => ({
           throw new KeyError('KEYEDGE_ERR_KEY_INPUT', `cannot read ${source}: ${operatorFileFailure(err)}`, { cause: err });
         }
         try {
-          return await withToken(values, (token) => {
-            const key = importKey(token, pem, label, source);
-            process.stdout.write(`imported ${describeKeyType(key)} key '${key.label}' into token '${token.label}' (non-extractable)\nkey id: ${key.keyId}\n`);
-            // Standard input left no file of ours behind to remind of.
-            if (file !== STANDARD_INPUT) {
-              process.stdout.write(
-                `NOTE: ${file} still exists and holds the private key in the clear.\n` +
-                  // One shell word after --: pasted as printed, a name with a space or a ';' shredded other files, or ran what followed.
-                  `      Remove it (e.g. shred -u -- ${shellWord(file)}) once your backup policy is satisfied.\n`,
-              );
-            }
-            return 0;
-          });
+          return await withToken(
+            values,
+            (token) => importKey(token, pem, label, source),
+            (token, key) => {
+              confirmStored(token, key, `${source} is still the only copy of the key: keep it`);
+              process.stdout.write(`imported ${describeKeyType(key)} key '${key.label}' into token '${token.label}' (non-extractable)\nkey id: ${key.keyId}\n`);
+              // Standard input left no file of ours behind to remind of.
+              if (file !== STANDARD_INPUT) {
+                process.stdout.write(
+                  `NOTE: ${file} still exists and holds the private key in the clear.\n` +
+                    // One shell word after --: pasted as printed, a name with a space or a ';' shredded other files, or ran what followed.
+                    `      Remove it (e.g. shred -u -- ${shellWord(file)}) once your backup policy is satisfied.\n`,
+                );
+              }
+              return 0;
+            },
+          );
         } finally {
           pem.fill(0);
         }
@@ -173,13 +183,14 @@ export const keyCommand = (findKeyUsers: FindKeyUsers): Command => ({
             }
             process.stdout.write(`wrote a CSR for ${domains.join(', ')} with key ${key.keyId} to ${values.out}\n`);
           } else {
+            noteDone(`the CSR for key '${key.label}' (key id ${key.keyId}) was not written whole`);
             process.stdout.write(pem);
           }
           return 0;
         });
       case 'list':
         return withToken(values, async (token) => {
-          const keys = listKeys(token);
+          const keys = listKeys(token, warn);
           const rows = await Promise.all(keys.map(async (key) => ({ ...describe(key), ski: await subjectKeyIdentifier(key) })));
           if (values.json) {
             process.stdout.write(`${JSON.stringify(rows, null, 2)}\n`);
@@ -247,10 +258,59 @@ function warn(message: string): void {
   process.stderr.write(`keyedge warning: ${message}\n`);
 }
 
+/** As the PIN file (embedded.ts): far past any PIN, a larger input is not one. */
+const MAX_PIN_BYTES = 64 * 1024;
+
+/**
+ * --pin-stdin's PIN, read to MAX_PIN_BYTES at most: read whole, a mistaken `< /dev/zero` grew the process until memory
+ * ran out. The bytes read are wiped once the string is made.
+ */
+function readPinFromStdin(): string {
+  let bytes: Buffer;
+  try {
+    bytes = readOperatorFile(STANDARD_INPUT, MAX_PIN_BYTES);
+  } catch (err) {
+    throw new TokenError('KEYEDGE_ERR_TOKEN_PIN', `cannot read the PIN from standard input (--pin-stdin): ${operatorFileFailure(err)}`, { cause: err });
+  }
+  try {
+    return bytes.toString('utf8').replace(/\r?\n$/, '');
+  } finally {
+    bytes.fill(0);
+  }
+}
+
+/**
+ * After `key generate|import`, in a fresh module instance (what every later run sees): the key read back from the
+ * token's store. SoftHSM2 under a file-size limit (or on a full disk) wrote the object cut short and answered CKR_OK:
+ * the key was reported made, and the import's NOTE said to shred the only copy, while no later run found it.
+ */
+function confirmStored(token: Token, key: TokenKey, consequence: string): void {
+  if (findKeyById(token, key.keyId) !== undefined) return;
+  throw new TokenError(
+    'KEYEDGE_ERR_TOKEN_OPERATION',
+    `key '${key.label}' (key id ${key.keyId}) is not in token '${token.label}' when read back: the token accepted it but did not store it whole ` +
+      `(a full disk or a file-size limit?); ${consequence}`,
+  );
+}
+
+/**
+ * Runs `work` on the token, closes it; with `then`, opens the token again (a fresh module instance, reading what the
+ * token stored) and runs `then` with `work`'s result.
+ */
 async function withToken<T>(
   options: { readonly config?: string | undefined; readonly 'pin-stdin'?: boolean | undefined },
   work: (token: Token) => T | Promise<T>,
-): Promise<T> {
+): Promise<T>;
+async function withToken<T, R>(
+  options: { readonly config?: string | undefined; readonly 'pin-stdin'?: boolean | undefined },
+  work: (token: Token) => T | Promise<T>,
+  then: (token: Token, result: T) => R,
+): Promise<R>;
+async function withToken<T, R>(
+  options: { readonly config?: string | undefined; readonly 'pin-stdin'?: boolean | undefined },
+  work: (token: Token) => T | Promise<T>,
+  then?: (token: Token, result: T) => R,
+): Promise<T | R> {
   const config = loadKeyserverConfig(options.config);
   const { pin } = config.pkcs11;
   // Two sources for one PIN: the file was used and the flag ignored, without a word. Which was meant is not guessed
@@ -264,11 +324,20 @@ async function withToken<T>(
   }
   // Set here, the variable is in this process's memory only: /proc/<pid>/environ shows the block it was started with.
   // One line ending is the end of the line, as `echo "$PIN" |` sends it (docker login --password-stdin drops it too).
-  if (options['pin-stdin'] === true && 'env' in pin) process.env[pin.env] = readFileSync(0, 'utf8').replace(/\r?\n$/, '');
-  const token = Token.open(tokenOptions(config, warn));
+  if (options['pin-stdin'] === true && 'env' in pin) process.env[pin.env] = readPinFromStdin();
+  const opening = tokenOptions(config, warn);
+  const token = Token.open(opening);
+  let result: T;
   try {
-    return await work(token);
+    result = await work(token);
   } finally {
     token.close();
+  }
+  if (then === undefined) return result;
+  const fresh = Token.open(opening);
+  try {
+    return then(fresh, result);
+  } finally {
+    fresh.close();
   }
 }

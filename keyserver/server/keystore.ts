@@ -25,6 +25,8 @@ export class KeyStore {
   #lastScan = 0;
   /** A key's handle failed since the last scan: known ids are looked up again too. */
   #stale = false;
+  /** Key objects already said to be skipped: said once, not at every scan. */
+  readonly #skipped = new Set<string>();
   readonly #token: Token;
   readonly #log: Logger;
   readonly #rescanIntervalMs: number;
@@ -72,7 +74,12 @@ export class KeyStore {
     // Stamped first: a scan that throws still counts, so a failing token is scanned once per interval, not per request.
     this.#lastScan = Date.now();
     const keys = new Map<string, TokenKey>();
-    for (const key of listKeys(this.#token)) keys.set(key.keyId, key);
+    const skipped = (message: string): void => {
+      if (this.#skipped.has(message)) return;
+      this.#skipped.add(message);
+      this.#log.warn(message);
+    };
+    for (const key of listKeys(this.#token, skipped)) keys.set(key.keyId, key);
     const added = [...keys.keys()].filter((id) => !this.#keys.has(id));
     const removed = [...this.#keys.values()].filter((key) => !keys.has(key.keyId));
     this.#keys = keys;

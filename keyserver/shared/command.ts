@@ -13,6 +13,21 @@ export interface Command {
 
 type Options = NonNullable<ParseArgsConfig['options']>;
 
+let done: string | undefined;
+
+/**
+ * What the running command has done by the time it writes its output (`key 'x' (key id …) was generated …`): said on
+ * stderr if standard output cannot be written (a full disk under `> file`), as keyedge.ts reports that.
+ */
+export function noteDone(what: string): void {
+  done = what;
+}
+
+/** The last noteDone(), if any. */
+export function doneSoFar(): string | undefined {
+  return done;
+}
+
 /**
  * Parses `argv` against `options`; `--help` is always accepted and reported as `help`. A value option given twice (not
  * `multiple`) is a usage error: parseArgs keeps the last, so `key delete --key a … --key b` destroyed b, and a second

@@ -9,11 +9,21 @@
  * (C_InitToken, C_InitPIN), so no PIN ever appears on a command line. Later
  * calls only point SOFTHSM2_CONF at the existing configuration.
  *
+ * Concurrency: first runs started together (`npm run up` and a `keyedge key`,
+ * several `keyedge key` at once) each made a token with the label, one PIN
+ * file kept, and every later run refused for good (CKR_PIN_INCORRECT). The
+ * first-run set-up runs under an exclusive lock file (init.lock, O_EXCL, its
+ * holder's pid); the PINs are written beside their files before C_InitToken
+ * and renamed over them once the token has its user PIN, so a run interrupted
+ * half-way is finished by the next, never answered with a second token. A
+ * token with the label and no PIN for it at all is refused, naming the
+ * objects directory.
+ *
  * Must run before the process's first C_Initialize: SoftHSM2 reads
  * SOFTHSM2_CONF only then.
  */
 import { randomBytes } from 'node:crypto';
-import { existsSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import pkcs11js from 'pkcs11js';
 import { readSettingFile } from '../../config/setting-file.js';
@@ -60,47 +70,142 @@ export function prepareEmbeddedToken(stateDir: string, label: string): EmbeddedT
   const paths = embeddedTokenPaths(stateDir);
   const objectsDir = join(paths.dir, 'objects');
   mkdirSync(objectsDir, { recursive: true, mode: 0o700 });
-  if (!existsSync(paths.confFile)) {
-    writeFresh(
-      paths.confFile,
-      [
-        '# Written by keyedge: the embedded default token, private to this state directory.',
-        `directories.tokendir = ${objectsDir}`,
-        'objectstore.backend = file',
-        'log.level = ERROR',
-        'slots.removable = false',
-        'slots.mechanisms = ALL',
-        // The key server never forks after C_Initialize, so no reset is needed.
-        'library.reset_on_fork = false',
-        '',
-      ].join('\n'),
-    );
+  const made = { modulePath, label, pinFile: paths.pinFile, confFile: paths.confFile };
+  // Every run after the first: no lock, no PKCS#11 call.
+  if (existsSync(paths.confFile) && existsSync(paths.pinFile)) {
+    process.env.SOFTHSM2_CONF = paths.confFile;
+    return made;
   }
-  process.env.SOFTHSM2_CONF = paths.confFile;
-  if (!existsSync(paths.pinFile)) {
-    initialiseToken(modulePath, label, paths.pinFile, paths.soPinFile);
-  }
-  return { modulePath, label, pinFile: paths.pinFile, confFile: paths.confFile };
+  withInitLock(join(paths.dir, 'init.lock'), () => {
+    if (!existsSync(paths.confFile)) {
+      writeFresh(
+        paths.confFile,
+        [
+          '# Written by keyedge: the embedded default token, private to this state directory.',
+          `directories.tokendir = ${objectsDir}`,
+          'objectstore.backend = file',
+          'log.level = ERROR',
+          'slots.removable = false',
+          'slots.mechanisms = ALL',
+          // The key server never forks after C_Initialize, so no reset is needed.
+          'library.reset_on_fork = false',
+          '',
+        ].join('\n'),
+      );
+    }
+    process.env.SOFTHSM2_CONF = paths.confFile;
+    // Made by the run that held the lock before this one.
+    if (!existsSync(paths.pinFile)) initialiseToken(modulePath, label, paths, objectsDir);
+  });
+  return made;
 }
 
-function initialiseToken(modulePath: string, label: string, pinFile: string, soPinFile: string): void {
-  const userPin = randomBytes(16).toString('hex');
-  const soPin = randomBytes(16).toString('hex');
+/** How long a first run waits for another's set-up: C_InitToken takes well under a second. */
+const INIT_LOCK_WAIT_MS = 60_000;
+const INIT_LOCK_POLL_MS = 25;
+
+/**
+ * Runs `work` holding the lock file at `path` (created O_EXCL, holding this process's pid), waiting while another live
+ * process holds it. A lock whose holder is gone (a run killed half-way) is taken over: its set-up is finished.
+ */
+function withInitLock(path: string, work: () => void): void {
+  const deadline = Date.now() + INIT_LOCK_WAIT_MS;
+  for (;;) {
+    try {
+      writeFileSync(path, `${process.pid}\n`, { mode: 0o600, flag: 'wx' });
+      break;
+    } catch (err) {
+      if ((err as { code?: string }).code !== 'EEXIST')
+        throw new SetupError(`cannot create the embedded token's lock ${path}: ${(err as { code?: string }).code ?? 'failed'}`, { cause: err });
+    }
+    const holder = lockHolder(path);
+    if (holder !== undefined && !alive(holder)) {
+      rmSync(path, { force: true });
+      continue;
+    }
+    if (Date.now() > deadline) {
+      throw new SetupError(
+        `the embedded token is being set up by process ${holder ?? '?'} (lock ${path}) for over ${INIT_LOCK_WAIT_MS / 1000} s; if no such process runs, remove the lock`,
+      );
+    }
+    Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, INIT_LOCK_POLL_MS);
+  }
+  try {
+    work();
+  } finally {
+    rmSync(path, { force: true });
+  }
+}
+
+/** The pid in a lock file; undefined while its holder has not written it yet, or when it is gone. */
+function lockHolder(path: string): number | undefined {
+  try {
+    const pid = Number.parseInt(readFileSync(path, 'utf8'), 10);
+    return Number.isInteger(pid) && pid > 0 ? pid : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    // EPERM: alive, another user's.
+    return (err as { code?: string }).code !== 'ESRCH';
+  }
+}
+
+/**
+ * Initialises the token, under the lock. The PINs go to `<file>.new` first and are renamed over their files once the
+ * token has its user PIN: user.pin there means set-up finished. A token with the label already there was made by a run
+ * interrupted after C_InitToken: finished with the pending PINs it left; without them, refused (its keys would be
+ * stranded behind a second token, which the next run then opened).
+ */
+function initialiseToken(modulePath: string, label: string, paths: ReturnType<typeof embeddedTokenPaths>, objectsDir: string): void {
+  const pendingUser = `${paths.pinFile}.new`;
+  const pendingSo = `${paths.soPinFile}.new`;
   const pkcs11 = new pkcs11js.PKCS11();
   pkcs11.load(modulePath);
   pkcs11.C_Initialize();
   try {
-    const free = pkcs11.C_GetSlotList(true).find((slot) => !(pkcs11.C_GetTokenInfo(slot).flags & pkcs11js.CKF_TOKEN_INITIALIZED));
-    if (free === undefined) throw new TokenError('KEYEDGE_ERR_TOKEN_NOT_FOUND', 'SoftHSM2 offers no free slot');
-    // Blank-padded to the field's 32 bytes (PKCS#11 v2.40 §5.6): pkcs11js pads with NULs otherwise.
-    pkcs11.C_InitToken(free, soPin, label.padEnd(32, ' '));
-    // SoftHSM2 renumbers slots after C_InitToken: find the new token by label.
-    const slot = pkcs11.C_GetSlotList(true).find((s) => fixedString(pkcs11.C_GetTokenInfo(s).label) === label);
-    if (slot === undefined) throw new TokenError('KEYEDGE_ERR_TOKEN_NOT_FOUND', `token '${label}' vanished after C_InitToken`);
+    const labelled = (s: pkcs11js.Handle): boolean => {
+      const info = pkcs11.C_GetTokenInfo(s);
+      return (info.flags & pkcs11js.CKF_TOKEN_INITIALIZED) !== 0 && fixedString(info.label) === label;
+    };
+    let slot = pkcs11.C_GetSlotList(true).find(labelled);
+    let userPin: string;
+    let soPin: string;
+    if (slot !== undefined) {
+      if (!existsSync(pendingUser) || !existsSync(pendingSo)) {
+        throw new TokenError(
+          'KEYEDGE_ERR_TOKEN_PIN',
+          `the embedded token's directory ${objectsDir} holds a token '${label}' but there is no PIN file ${paths.pinFile} for it ` +
+            '(a first run interrupted, or the file removed): restore the PIN file, or move the directory aside to start a new, empty token',
+        );
+      }
+      userPin = readPinFile(pendingUser);
+      soPin = readPinFile(pendingSo);
+    } else {
+      userPin = randomBytes(16).toString('hex');
+      soPin = randomBytes(16).toString('hex');
+      writeFresh(pendingSo, `${soPin}\n`);
+      writeFresh(pendingUser, `${userPin}\n`);
+      const free = pkcs11.C_GetSlotList(true).find((s) => !(pkcs11.C_GetTokenInfo(s).flags & pkcs11js.CKF_TOKEN_INITIALIZED));
+      if (free === undefined) throw new TokenError('KEYEDGE_ERR_TOKEN_NOT_FOUND', 'SoftHSM2 offers no free slot');
+      // Blank-padded to the field's 32 bytes (PKCS#11 v2.40 §5.6): pkcs11js pads with NULs otherwise.
+      pkcs11.C_InitToken(free, soPin, label.padEnd(32, ' '));
+      // SoftHSM2 renumbers slots after C_InitToken: find the new token by label.
+      slot = pkcs11.C_GetSlotList(true).find(labelled);
+      if (slot === undefined) throw new TokenError('KEYEDGE_ERR_TOKEN_NOT_FOUND', `token '${label}' vanished after C_InitToken`);
+    }
     const session = pkcs11.C_OpenSession(slot, pkcs11js.CKF_SERIAL_SESSION | pkcs11js.CKF_RW_SESSION);
-    pkcs11.C_Login(session, pkcs11js.CKU_SO, soPin);
-    pkcs11.C_InitPIN(session, userPin);
-    pkcs11.C_Logout(session);
+    if (!(pkcs11.C_GetTokenInfo(slot).flags & pkcs11js.CKF_USER_PIN_INITIALIZED)) {
+      pkcs11.C_Login(session, pkcs11js.CKU_SO, soPin);
+      pkcs11.C_InitPIN(session, userPin);
+      pkcs11.C_Logout(session);
+    }
     pkcs11.C_CloseSession(session);
   } catch (err) {
     if (err instanceof TokenError) throw err;
@@ -111,10 +216,9 @@ function initialiseToken(modulePath: string, label: string, pinFile: string, soP
     pkcs11.C_Finalize();
     pkcs11.close();
   }
-  // The PINs are written only once the token exists, so a crash half-way leaves
-  // no PIN for a token that is not there; the next run starts again.
-  writeFresh(soPinFile, `${soPin}\n`);
-  writeFresh(pinFile, `${userPin}\n`);
+  // The SO PIN first: user.pin there is what says the token is ready.
+  renameSync(pendingSo, paths.soPinFile);
+  renameSync(pendingUser, paths.pinFile);
 }
 
 /**

@@ -19,7 +19,7 @@
  * objects in the same token meanwhile: a listing skips a key destroyed while it
  * was being read rather than failing.
  */
-import { createPublicKey } from 'node:crypto';
+import { createPublicKey, X509Certificate } from 'node:crypto';
 import pkcs11js from 'pkcs11js';
 import { MAX_SIGNATURE_BYTES } from '../protocol/constants.js';
 import { KeyError, TokenError } from '../shared/errors.js';
@@ -51,13 +51,14 @@ export function describeKeyType(key: Pick<TokenKey, 'kind' | 'bits'>): string {
   return `${key.kind}-${key.kind === 'ec' ? `p${key.bits}` : key.bits}`;
 }
 
-export function listKeys(token: Token): TokenKey[] {
+/** The token's keys; `warn` hears of each key object skipped because it cannot be read (readKeyOrUndefined). */
+export function listKeys(token: Token, warn?: (message: string) => void): TokenKey[] {
   // Token objects only: the key server's own session copies of these keys (session-keys.ts) are not more keys.
   return findObjects(token, [
     { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_PRIVATE_KEY },
     { type: pkcs11js.CKA_TOKEN, value: true },
   ])
-    .map((handle) => readKeyOrUndefined(token, handle))
+    .map((handle) => readKeyOrUndefined(token, handle, warn))
     .filter((key): key is TokenKey => key !== undefined);
 }
 
@@ -80,9 +81,16 @@ export function findKeyById(token: Token, keyId: string): TokenKey | undefined {
 }
 
 /**
- * Destroys a key (its private object and every object sharing its CKA_ID, the
- * public twin): what a renewal does with the previous certificate's key once
- * its grace period is over. Returns the key as it was.
+ * Destroys a key: its private object, then the objects sharing its CKA_ID that
+ * are its own (a public key or certificate with its SPKI): what a renewal does
+ * with the previous certificate's key once its grace period is over. Returns
+ * the key as it was.
+ *
+ * Not every object with its CKA_ID: another tool's keys often share small ids
+ * (pkcs11-tool --id 01), and destroying by CKA_ID alone destroyed every key
+ * under it. Another key's private object, a public key or certificate of
+ * another key, and objects whose key cannot be told (data, secret keys) are
+ * left where they are.
  */
 export function deleteKey(token: Token, labelOrId: string): TokenKey {
   const key = findKey(token, labelOrId);
@@ -90,11 +98,30 @@ export function deleteKey(token: Token, labelOrId: string): TokenKey {
     ?.value as Buffer | undefined;
   const twins = id === undefined || id.length === 0 ? [] : findObjects(token, [{ type: pkcs11js.CKA_ID, value: id }]);
   // Handles are Buffers: the private key is among its twins, so they are told apart by value.
-  const handles = new Map([key.privateHandle, ...twins].map((h) => [Buffer.from(h).toString('hex'), h]));
-  for (const handle of handles.values()) {
+  const own = twins.filter((handle) => !Buffer.from(handle).equals(Buffer.from(key.privateHandle)) && holdsSpki(token, handle, key.spki));
+  // The private object first: a process killed between the two leaves public material only.
+  for (const handle of [key.privateHandle, ...own]) {
     tokenCall('C_DestroyObject', () => token.pkcs11.C_DestroyObject(token.management, handle));
   }
   return key;
+}
+
+/** Whether `handle` is a public key or certificate object for the key whose SPKI DER is `spki`; false when it cannot be told. */
+function holdsSpki(token: Token, handle: pkcs11js.Handle, spki: Buffer): boolean {
+  const { pkcs11, management } = token;
+  try {
+    const [klass] = pkcs11.C_GetAttributeValue(management, handle, [{ type: pkcs11js.CKA_CLASS }]).map((a) => a.value as Buffer);
+    const objectClass = klass === undefined ? undefined : readUlong(klass);
+    if (objectClass === pkcs11js.CKO_PUBLIC_KEY) return publicKeyFromObject(token, handle).equals(spki);
+    if (objectClass === pkcs11js.CKO_CERTIFICATE) {
+      const [der] = pkcs11.C_GetAttributeValue(management, handle, [{ type: pkcs11js.CKA_VALUE }]).map((a) => a.value as Buffer);
+      return der !== undefined && new X509Certificate(der).publicKey.export({ type: 'spki', format: 'der' }).equals(spki);
+    }
+    return false;
+  } catch {
+    // Vanished, unreadable or not a certificate: not known to be this key's, so not destroyed with it.
+    return false;
+  }
 }
 
 function findObjects(token: Token, template: pkcs11js.Template): pkcs11js.Handle[] {
@@ -112,7 +139,7 @@ function findObjects(token: Token, template: pkcs11js.Template): pkcs11js.Handle
   }
 }
 
-function readKeyOrUndefined(token: Token, handle: pkcs11js.Handle): TokenKey | undefined {
+function readKeyOrUndefined(token: Token, handle: pkcs11js.Handle, warn: ((message: string) => void) | undefined): TokenKey | undefined {
   try {
     return readKey(token, handle);
   } catch (err) {
@@ -122,8 +149,44 @@ function readKeyOrUndefined(token: Token, handle: pkcs11js.Handle): TokenKey | u
     // same token (`keyedge key delete`, a renewal retiring its old key): a key
     // that is gone is not listed, as it would not be a moment later.
     if (vanished(err)) return undefined;
-    throw err;
+    // The token itself failing (its session, the device, the login) is no one object's: the caller hears of it.
+    if (tokenWide(err)) throw err;
+    // One object another tool stored in a form we cannot decode (a compressed EC point: spkiFromJwk's TypeError), or
+    // one SoftHSM2 wrote cut short (a file-size limit): it stopped every listing, so `keyedge key` and the key server's
+    // start, naming nothing. Skipped, and named by its label and CKA_ID; never its attributes' bytes.
+    warn?.(`key object ${describeObject(token, handle)} skipped: it cannot be read as a key (${err instanceof Error ? err.message : String(err)})`);
+    return undefined;
   }
+}
+
+/** CKRs that are the session's, the device's or the module's, not one object's (PKCS#11 v2.40 §5.1). */
+const TOKEN_WIDE: ReadonlySet<unknown> = new Set([
+  pkcs11js.CKR_SESSION_HANDLE_INVALID,
+  pkcs11js.CKR_SESSION_CLOSED,
+  pkcs11js.CKR_DEVICE_REMOVED,
+  pkcs11js.CKR_DEVICE_ERROR,
+  pkcs11js.CKR_DEVICE_MEMORY,
+  pkcs11js.CKR_HOST_MEMORY,
+  pkcs11js.CKR_TOKEN_NOT_PRESENT,
+  pkcs11js.CKR_USER_NOT_LOGGED_IN,
+  pkcs11js.CKR_CRYPTOKI_NOT_INITIALIZED,
+]);
+
+function tokenWide(err: unknown): boolean {
+  const cause = err instanceof TokenError ? err.cause : undefined;
+  return TOKEN_WIDE.has((cause as { code?: unknown } | undefined)?.code);
+}
+
+/** `'label' (CKA_ID hex)` of an object, as far as they can be read. */
+function describeObject(token: Token, handle: pkcs11js.Handle): string {
+  const read = (type: number): Buffer | undefined => {
+    try {
+      return token.pkcs11.C_GetAttributeValue(token.management, handle, [{ type }])[0]?.value as Buffer | undefined;
+    } catch {
+      return undefined;
+    }
+  };
+  return `'${read(pkcs11js.CKA_LABEL)?.toString('utf8') ?? '?'}' (CKA_ID ${read(pkcs11js.CKA_ID)?.toString('hex') ?? '?'})`;
 }
 
 /**
@@ -185,13 +248,39 @@ function publicKeyFor(token: Token, privateHandle: pkcs11js.Handle, keyType: num
       { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_PUBLIC_KEY },
       { type: pkcs11js.CKA_ID, value: id ?? Buffer.alloc(0) },
     ]);
-    const publicHandle = publicHandles[0];
-    if (publicHandle === undefined) {
+    if (publicHandles.length === 0) {
       throw new KeyError('KEYEDGE_ERR_KEY_UNSUPPORTED', `EC private key ${id?.toString('hex') ?? ''} has no public key object with the same CKA_ID`);
     }
-    return publicKeyFromObject(token, publicHandle);
+    // Other tools' keys share small CKA_IDs (pkcs11-tool --id 01): the first public object found gave two keys one
+    // public key, one listed under the other's key id. An EC private object holds no point (SoftHSM2), so the twin is
+    // told by its curve and label; a key whose twin cannot be told is not listed rather than misdescribed.
+    const publicHandle = publicHandles.length === 1 ? publicHandles[0] : ecTwin(token, privateHandle, publicHandles, id);
+    return publicKeyFromObject(token, publicHandle as pkcs11js.Handle);
   }
   throw new KeyError('KEYEDGE_ERR_KEY_UNSUPPORTED', `key type ${keyType ?? '?'} is not EC or RSA`);
+}
+
+/** Among several EC public objects sharing a private key's CKA_ID, the one with its curve and label; refused unless exactly one. */
+function ecTwin(token: Token, privateHandle: pkcs11js.Handle, candidates: pkcs11js.Handle[], id: Buffer | undefined): pkcs11js.Handle {
+  const { pkcs11, management } = token;
+  const template = [{ type: pkcs11js.CKA_EC_PARAMS }, { type: pkcs11js.CKA_LABEL }];
+  const read = (handle: pkcs11js.Handle): Buffer[] =>
+    tokenCall('C_GetAttributeValue', () => pkcs11.C_GetAttributeValue(management, handle, template)).map(
+      (a) => (a.value as Buffer | undefined) ?? Buffer.alloc(0),
+    );
+  const [params, label] = read(privateHandle);
+  const matching = candidates.filter((handle) => {
+    const [p, l] = read(handle);
+    return p?.equals(params as Buffer) && l?.equals(label as Buffer);
+  });
+  if (matching.length !== 1 || matching[0] === undefined) {
+    throw new KeyError(
+      'KEYEDGE_ERR_KEY_UNSUPPORTED',
+      `EC private key '${label?.toString('utf8') ?? ''}' (CKA_ID ${id?.toString('hex') ?? ''}): ${candidates.length} public key objects share its CKA_ID and ` +
+        `${matching.length} of them its curve and label; which is its public key cannot be told`,
+    );
+  }
+  return matching[0];
 }
 
 /** The SPKI DER of a public key object (RSA or EC). */

@@ -69,7 +69,16 @@ export async function listEntries(values: ListingOptions): Promise<number> {
   return 0;
 }
 
-/** `keyedge cert show`: one entry, with the key server's verdict when every other rule passes; 1 when it would be refused. */
+/**
+ * `keyedge cert show`'s status when the entry passes every rule checked here but the key server could not be asked:
+ * not 0, which said "served" for an entry whose key may be gone (a script checking `cert show` took it as ok).
+ */
+export const SHOW_NOT_CHECKED = 3;
+
+/**
+ * `keyedge cert show`: one entry, with the key server's verdict when every other rule passes; 1 when it would be
+ * refused, SHOW_NOT_CHECKED when the key server could not be asked.
+ */
 export async function showEntry(name: string, values: ListingOptions): Promise<number> {
   const config = loadProxyConfig(values.config);
   const store = storeToRead(config.certStore.dir);
@@ -78,32 +87,40 @@ export async function showEntry(name: string, values: ListingOptions): Promise<n
   const row = await describeEntry(store, name, now, issuers);
   // The key server's verdict only matters for an entry that passes every other rule.
   let keyserver: string;
+  /** For scripts (--json): 'holds_key', 'refused', 'not_checked' (it could not be asked), 'not_asked' (refused already). */
+  let keyserverVerdict: 'holds_key' | 'refused' | 'not_checked' | 'not_asked';
   if (row.status !== 'ok') {
     keyserver = 'not asked (the entry is refused already)';
+    keyserverVerdict = 'not_asked';
   } else {
     try {
       const entry = store.read(name);
       await withKeyserver(config, (lookup) => validateCertificate(entryCandidate(entry), { now, keyserverSpki: lookup, issuers }));
       keyserver = 'holds the key';
+      keyserverVerdict = 'holds_key';
     } catch (err) {
       if (err instanceof CertificateError) {
         keyserver = `refused (${err.reason})`;
+        keyserverVerdict = 'refused';
         row.status = err.reason;
         row.error = err.message;
       } else if (err instanceof KeyedgeError) {
         keyserver = `not checked: ${err.message}`;
+        keyserverVerdict = 'not_checked';
       } else {
         throw err;
       }
     }
   }
+  const code = row.status !== 'ok' ? 1 : keyserverVerdict === 'not_checked' ? SHOW_NOT_CHECKED : 0;
   if (values.json) {
-    process.stdout.write(`${JSON.stringify({ ...row, keyserver }, null, 2)}\n`);
-    return row.status === 'ok' ? 0 : 1;
+    process.stdout.write(`${JSON.stringify({ ...row, keyserver, keyserverVerdict }, null, 2)}\n`);
+    return code;
   }
+  const ok = keyserverVerdict === 'not_checked' ? 'ok by every rule checked here; its key not checked (see keyserver)' : 'ok';
   const lines = [
     `certificate '${name}' (${store.dir}/${name}.pem)`,
-    `  status:    ${row.status === 'ok' ? 'ok' : `refused (${row.status}): ${row.error ?? ''}`}`,
+    `  status:    ${row.status === 'ok' ? ok : `refused (${row.status}): ${row.error ?? ''}`}`,
     `  keyserver: ${keyserver}`,
   ];
   if (row.serial !== undefined) {
@@ -122,7 +139,7 @@ export async function showEntry(name: string, values: ListingOptions): Promise<n
   }
   for (const warning of row.warnings) lines.push(`warning: ${warning}`);
   process.stdout.write(`${lines.join('\n')}\n`);
-  return row.status === 'ok' ? 0 : 1;
+  return code;
 }
 
 interface EntryRow {

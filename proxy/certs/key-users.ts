@@ -18,7 +18,9 @@
  * host usually has no proxy at all. A store entry counts by its files, by
  * the version the proxy last served of it (its log in the state directory:
  * what serves while a replacement is refused), and, when it cannot be read,
- * as maybe using the key.
+ * as maybe using the key; so does a config certificate whose chain cannot be
+ * read or holds no certificate (this user may not read what the proxy's user
+ * does, and a running proxy serves what it loaded).
  *
  * A fleet's config (`etcd`) keeps its store in etcd, not in certStore.dir
  * (which a fleet node does not read): its `certs/` entries are read once,
@@ -70,11 +72,15 @@ export const findKeyUsers: FindKeyUsers = async (key, named) => {
     let text: string;
     try {
       text = readFileSync(certificate.chain, 'utf8');
-    } catch {
-      // Unreadable: the proxy cannot start with it either, so it serves nothing with this key.
+    } catch (err) {
+      // Not "unused": a chain this user cannot read (another user's 0700 directory) may well be read by the proxy's
+      // user, and a chain gone or broken since the proxy loaded it goes on being served by the running proxy.
+      unread.push(`'${certificate.name}' (${certificate.chain}, in certificates: ${(err as { code?: string }).code ?? 'unreadable'})`);
       continue;
     }
-    if (leafKeyId(text) === key.keyId) users.push(`'${certificate.name}' (${certificate.chain}, in certificates)`);
+    const leaf = leafKeyId(text);
+    if (leaf === key.keyId) users.push(`'${certificate.name}' (${certificate.chain}, in certificates)`);
+    else if (leaf === undefined) unread.push(`'${certificate.name}' (no certificate could be read from ${certificate.chain}, in certificates)`);
   }
   const checked = config.certificates.length === 0 ? [] : [`the config ${config.source}`];
   if (config.etcd !== null) {
