@@ -1,10 +1,10 @@
-import { spawn, spawnSync } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { existsSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, rmSync, symlinkSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { embeddedTokenPaths, prepareEmbeddedToken, readPinFile } from '../keyserver/token/embedded.js';
-import { CLI, REPO } from './helpers/basics.js';
+import { CLI } from './helpers/basics.js';
 
 // The embedded token's PINs are written once, when the token is made. A link left where a PIN file goes (a dangling
 // one: the PIN file "does not exist") was written through: the PIN landed wherever the link pointed, outside the
@@ -74,30 +74,5 @@ describe('the embedded token’s first run', () => {
         `${join(cwd, 'var', 'token', 'user.pin')} for it (a first run interrupted, or the file removed): restore the PIN file, or move the directory aside to start a new, empty token\n`,
     );
     expect(tokenDirs(cwd)).toHaveLength(1);
-  }, 60_000);
-
-  it('refuses a second token with the same label (left by first runs that raced before), naming both serials', async () => {
-    const cwd = mkdtempSync(join(dir, 'twice-'));
-    expect((await keyList(cwd)).status).toBe(0);
-    // A second token labelled keyedge in the same objects directory, as racing first runs made them.
-    const script = `
-      import pkcs11js from 'pkcs11js';
-      import { findSoftHsmModule } from './dist/keyserver/token/embedded.js';
-      const p = new pkcs11js.PKCS11();
-      p.load(findSoftHsmModule());
-      p.C_Initialize();
-      const free = p.C_GetSlotList(true).find((s) => !(p.C_GetTokenInfo(s).flags & pkcs11js.CKF_TOKEN_INITIALIZED));
-      p.C_InitToken(free, 'so-pin-of-the-second', 'keyedge'.padEnd(32, ' '));
-      p.C_Finalize();`;
-    const env = { ...process.env, SOFTHSM2_CONF: join(cwd, 'var', 'token', 'softhsm2.conf') };
-    const made = spawnSync(process.execPath, ['--input-type=module', '-e', script], { encoding: 'utf8', cwd: REPO, env });
-    expect(made.status, made.stderr).toBe(0);
-    expect(tokenDirs(cwd)).toHaveLength(2);
-    // Before: the first found was opened, whichever it was (here its login could be refused for good).
-    const refused = await keyList(cwd);
-    expect(refused.status).toBe(1);
-    expect(refused.stderr).toMatch(
-      /^keyedge: KEYEDGE_ERR_TOKEN_NOT_FOUND: 2 tokens with label 'keyedge' in \S+ \(serials [0-9a-f]+, [0-9a-f]+\): which one is meant cannot be told; name it by serial \(pkcs11\.token\.serial\), or remove the others\n$/,
-    );
   }, 60_000);
 });

@@ -216,26 +216,15 @@ function transientOpenFailure(err: unknown): boolean {
 
 function findToken(pkcs11: pkcs11js.PKCS11, selector: TokenSelector, modulePath: string): { slot: pkcs11js.Handle; info: pkcs11js.TokenInfo } {
   const seen: string[] = [];
-  const labelled: { slot: pkcs11js.Handle; info: pkcs11js.TokenInfo; serial: string }[] = [];
   for (const slot of tokenCall('C_GetSlotList', () => pkcs11.C_GetSlotList(true))) {
     const info = tokenCall('C_GetTokenInfo', () => pkcs11.C_GetTokenInfo(slot));
     if (!(info.flags & pkcs11js.CKF_TOKEN_INITIALIZED)) continue;
     const label = fixedString(info.label);
     const serial = fixedString(info.serialNumber);
     seen.push(`'${label}' (serial ${serial})`);
-    if (selector.label !== undefined && label === selector.label) labelled.push({ slot, info, serial });
+    if (selector.label !== undefined && label === selector.label) return { slot, info };
     if (selector.serial !== undefined && serial === selector.serial) return { slot, info };
   }
-  // Two tokens under one label (first runs of the embedded token that raced, before embedded.ts's lock): the first
-  // found was opened, whichever it was, and its login refused the PIN for good or its keys were another's. Not guessed.
-  if (labelled.length > 1) {
-    throw new TokenError(
-      'KEYEDGE_ERR_TOKEN_NOT_FOUND',
-      `${labelled.length} tokens with label '${selector.label ?? ''}' in ${modulePath} (serials ${labelled.map((t) => t.serial).join(', ')}): ` +
-        'which one is meant cannot be told; name it by serial (pkcs11.token.serial), or remove the others',
-    );
-  }
-  if (labelled[0] !== undefined) return { slot: labelled[0].slot, info: labelled[0].info };
   const wanted = selector.label !== undefined ? `label '${selector.label}'` : `serial '${selector.serial ?? ''}'`;
   throw new TokenError(
     'KEYEDGE_ERR_TOKEN_NOT_FOUND',
