@@ -38,9 +38,15 @@ describe('the embedded token’s PIN files', () => {
 });
 
 /** `keyedge key list` (the built CLI) on the embedded default under `cwd`/var. */
-function keyList(cwd: string): Promise<{ status: number | null; stderr: string }> {
+/** `keyedge key list` in `cwd`; `lockedFirst`: its own pid written to the first run's lock first, as a killed earlier life of the pid left it. */
+function keyList(cwd: string, lockedFirst = false): Promise<{ status: number | null; stderr: string }> {
   return new Promise((resolve) => {
-    const child = spawn(process.execPath, [CLI, 'key', 'list'], { cwd, stdio: ['ignore', 'ignore', 'pipe'] });
+    const child = lockedFirst
+      ? spawn('bash', ['-c', 'mkdir -p var/token && echo $$ > var/token/init.lock && exec "$0" "$1" key list', process.execPath, CLI], {
+          cwd,
+          stdio: ['ignore', 'ignore', 'pipe'],
+        })
+      : spawn(process.execPath, [CLI, 'key', 'list'], { cwd, stdio: ['ignore', 'ignore', 'pipe'] });
     let stderr = '';
     child.stderr.on('data', (chunk: Buffer) => {
       stderr += chunk.toString();
@@ -61,6 +67,14 @@ describe('the embedded token’s first run', () => {
     expect(tokenDirs(cwd)).toHaveLength(1);
     expect(await keyList(cwd)).toEqual({ status: 0, stderr: '' });
   }, 60_000);
+
+  it("takes over a first run's lock holding its own pid, left by an earlier life of the pid (a container's restarted process)", async () => {
+    // Before: the run waited 60 s for itself, then failed 'being set up by process <its own pid>', and so did every later one.
+    const cwd = mkdtempSync(join(dir, 'own-pid-'));
+    expect(await keyList(cwd, true)).toEqual({ status: 0, stderr: '' });
+    expect(tokenDirs(cwd)).toHaveLength(1);
+    expect(readdirSync(join(cwd, 'var', 'token')).filter((name) => name.startsWith('init.lock'))).toEqual([]);
+  }, 30_000);
 
   it('refuses a token whose PIN file is missing, naming its directory, and makes no second token', async () => {
     const cwd = mkdtempSync(join(dir, 'interrupted-'));

@@ -23,7 +23,7 @@
  * SOFTHSM2_CONF only then.
  */
 import { randomBytes } from 'node:crypto';
-import { existsSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, linkSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import pkcs11js from 'pkcs11js';
 import { readSettingFile } from '../../config/setting-file.js';
@@ -105,31 +105,46 @@ const INIT_LOCK_WAIT_MS = 60_000;
 const INIT_LOCK_POLL_MS = 25;
 
 /**
- * Runs `work` holding the lock file at `path` (created O_EXCL, holding this process's pid), waiting while another live
- * process holds it. A lock whose holder is gone (a run killed half-way) is taken over: its set-up is finished.
+ * Runs `work` holding the lock file at `path` (holding this process's pid), waiting while another live process holds
+ * it. A lock whose holder is gone (a run killed half-way) is taken over: its set-up is finished. So is one holding
+ * this process's own pid: left by an earlier life of the pid, as a container's restarted process (pid 1) has it,
+ * never by this process (the set-up is synchronous). The lock is made whole or not at all: its pid is written to a
+ * file of our own, then linked to `path` (EEXIST while held), so no lock is ever left empty (a full disk, a kill
+ * between a create and its write), which no later run could tell from one being written.
  */
 function withInitLock(path: string, work: () => void): void {
   const deadline = Date.now() + INIT_LOCK_WAIT_MS;
+  const mine = `${path}.${process.pid}`;
+  try {
+    writeFileSync(mine, `${process.pid}\n`, { mode: 0o600 });
+  } catch (err) {
+    rmSync(mine, { force: true });
+    throw new SetupError(`cannot create the embedded token's lock ${path}: ${(err as { code?: string }).code ?? 'failed'}`, { cause: err });
+  }
   for (;;) {
     try {
-      writeFileSync(path, `${process.pid}\n`, { mode: 0o600, flag: 'wx' });
+      linkSync(mine, path);
       break;
     } catch (err) {
-      if ((err as { code?: string }).code !== 'EEXIST')
+      if ((err as { code?: string }).code !== 'EEXIST') {
+        rmSync(mine, { force: true });
         throw new SetupError(`cannot create the embedded token's lock ${path}: ${(err as { code?: string }).code ?? 'failed'}`, { cause: err });
+      }
     }
     const holder = lockHolder(path);
-    if (holder !== undefined && !alive(holder)) {
+    if (holder !== undefined && (holder === process.pid || !alive(holder))) {
       rmSync(path, { force: true });
       continue;
     }
     if (Date.now() > deadline) {
+      rmSync(mine, { force: true });
       throw new SetupError(
         `the embedded token is being set up by process ${holder ?? '?'} (lock ${path}) for over ${INIT_LOCK_WAIT_MS / 1000} s; if no such process runs, remove the lock`,
       );
     }
     Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, INIT_LOCK_POLL_MS);
   }
+  rmSync(mine, { force: true });
   try {
     work();
   } finally {
