@@ -1,5 +1,5 @@
 import { spawn } from 'node:child_process';
-import { existsSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, rmSync, symlinkSync } from 'node:fs';
+import { existsSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, renameSync, rmSync, symlinkSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -75,6 +75,18 @@ describe('the embedded token’s first run', () => {
     expect(tokenDirs(cwd)).toHaveLength(1);
     expect(readdirSync(join(cwd, 'var', 'token')).filter((name) => name.startsWith('init.lock'))).toEqual([]);
   }, 30_000);
+
+  it('finishes a first run killed between renaming its SO PIN and its user PIN into place', async () => {
+    const cwd = mkdtempSync(join(dir, 'between-renames-'));
+    expect((await keyList(cwd)).status).toBe(0);
+    // so.pin renamed, user.pin still pending: what a kill between the two renames left.
+    const token = join(cwd, 'var', 'token');
+    renameSync(join(token, 'user.pin'), join(token, 'user.pin.new'));
+    // Before: refused, 'no PIN file', pointing the operator at moving a working token aside.
+    expect(await keyList(cwd)).toEqual({ status: 0, stderr: '' });
+    expect(existsSync(join(token, 'user.pin'))).toBe(true);
+    expect(tokenDirs(cwd)).toHaveLength(1);
+  }, 60_000);
 
   it('refuses a token whose PIN file is missing, naming its directory, and makes no second token', async () => {
     const cwd = mkdtempSync(join(dir, 'interrupted-'));

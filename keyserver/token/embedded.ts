@@ -193,7 +193,9 @@ function initialiseToken(modulePath: string, label: string, paths: ReturnType<ty
     let userPin: string;
     let soPin: string;
     if (slot !== undefined) {
-      if (!existsSync(pendingUser) || !existsSync(pendingSo)) {
+      // Killed between the two renames at the end: so.pin is in place, its pending file gone.
+      const soFile = existsSync(pendingSo) ? pendingSo : paths.soPinFile;
+      if (!existsSync(pendingUser) || !existsSync(soFile)) {
         throw new TokenError(
           'KEYEDGE_ERR_TOKEN_PIN',
           `the embedded token's directory ${objectsDir} holds a token '${label}' but there is no PIN file ${paths.pinFile} for it ` +
@@ -201,7 +203,7 @@ function initialiseToken(modulePath: string, label: string, paths: ReturnType<ty
         );
       }
       userPin = readPinFile(pendingUser);
-      soPin = readPinFile(pendingSo);
+      soPin = readPinFile(soFile);
     } else {
       userPin = randomBytes(16).toString('hex');
       soPin = randomBytes(16).toString('hex');
@@ -232,7 +234,7 @@ function initialiseToken(modulePath: string, label: string, paths: ReturnType<ty
     pkcs11.close();
   }
   // The SO PIN first: user.pin there is what says the token is ready.
-  renameSync(pendingSo, paths.soPinFile);
+  if (existsSync(pendingSo)) renameSync(pendingSo, paths.soPinFile);
   renameSync(pendingUser, paths.pinFile);
 }
 
