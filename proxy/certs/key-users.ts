@@ -73,9 +73,16 @@ export const findKeyUsers: FindKeyUsers = async (key, named) => {
     try {
       text = readFileSync(certificate.chain, 'utf8');
     } catch (err) {
-      // Not "unused": a chain this user cannot read (another user's 0700 directory) may well be read by the proxy's
-      // user, and a chain gone or broken since the proxy loaded it goes on being served by the running proxy.
-      unread.push(`'${certificate.name}' (${certificate.chain}, in certificates: ${(err as { code?: string }).code ?? 'unreadable'})`);
+      const code = (err as { code?: string }).code;
+      // A chain that is not there: a config whose proxy never ran here (the checkout's config/proxy.json, its demo not
+      // set up, looked at when no --proxy-config is given), which no proxy serves; refused, every delete there needed
+      // --force. Not "unused" otherwise: a chain this user cannot read (another user's 0700 directory) may well be read
+      // by the proxy's user.
+      if (code === 'ENOENT') {
+        warnings.push(`certificate '${certificate.name}' of ${config.source}: its chain ${certificate.chain} is not there, so not checked`);
+        continue;
+      }
+      unread.push(`'${certificate.name}' (${certificate.chain}, in certificates: ${code ?? 'unreadable'})`);
       continue;
     }
     const leaf = leafKeyId(text);
