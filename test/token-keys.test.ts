@@ -267,4 +267,22 @@ describe('signing', () => {
     const labels = listKeys(env.token).map((k) => k.label);
     expect(labels).toEqual(expect.arrayContaining(KEY_TYPES.map((t) => `gen-${t}`)));
   });
+
+  it("fails a listing on a token call failing otherwise than on one object's attributes, instead of skipping every key", () => {
+    // A transient CKR_GENERAL_ERROR (or a vendor's code) reading each key: skipped as each object's own, a key
+    // server's rescan listed none and took every key out of service; thrown, the scan fails and its keys stay in use.
+    const failing = Object.assign(new Error('CKR_GENERAL_ERROR'), { code: pkcs11js.CKR_GENERAL_ERROR });
+    const pkcs11 = new Proxy(env.token.pkcs11, {
+      get: (target, name, receiver) =>
+        name === 'C_GetAttributeValue'
+          ? () => {
+              throw failing;
+            }
+          : (Reflect.get(target, name, receiver) as unknown),
+    });
+    const token = Object.assign(Object.create(Object.getPrototypeOf(env.token) as object), env.token, { pkcs11 }) as typeof env.token;
+    const skipped: string[] = [];
+    expect(() => listKeys(token, (message) => skipped.push(message))).toThrow(/CKR_GENERAL_ERROR/);
+    expect(skipped).toEqual([]);
+  });
 });

@@ -149,8 +149,10 @@ function readKeyOrUndefined(token: Token, handle: pkcs11js.Handle, warn: ((messa
     // same token (`keyedge key delete`, a renewal retiring its old key): a key
     // that is gone is not listed, as it would not be a moment later.
     if (vanished(err)) return undefined;
-    // The token itself failing (its session, the device, the login) is no one object's: the caller hears of it.
-    if (tokenWide(err)) throw err;
+    // A token call failing otherwise than on this one object's attributes (its session, the device, the login, a
+    // general or vendor failure) is no one object's: the caller hears of it, and a key server's scan keeps the keys it
+    // had (keystore.ts). Skipped as the object's, a transient CKR_GENERAL_ERROR took every key out of a rescan.
+    if (err instanceof TokenError && !objectOwn(err)) throw err;
     // One object another tool stored in a form we cannot decode (a compressed EC point: spkiFromJwk's TypeError), or
     // one SoftHSM2 wrote cut short (a file-size limit): it stopped every listing, so `keyedge key` and the key server's
     // start, naming nothing. Skipped, and named by its label and CKA_ID; never its attributes' bytes.
@@ -159,22 +161,16 @@ function readKeyOrUndefined(token: Token, handle: pkcs11js.Handle, warn: ((messa
   }
 }
 
-/** CKRs that are the session's, the device's or the module's, not one object's (PKCS#11 v2.40 §5.1). */
-const TOKEN_WIDE: ReadonlySet<unknown> = new Set([
-  pkcs11js.CKR_SESSION_HANDLE_INVALID,
-  pkcs11js.CKR_SESSION_CLOSED,
-  pkcs11js.CKR_DEVICE_REMOVED,
-  pkcs11js.CKR_DEVICE_ERROR,
-  pkcs11js.CKR_DEVICE_MEMORY,
-  pkcs11js.CKR_HOST_MEMORY,
-  pkcs11js.CKR_TOKEN_NOT_PRESENT,
-  pkcs11js.CKR_USER_NOT_LOGGED_IN,
-  pkcs11js.CKR_CRYPTOKI_NOT_INITIALIZED,
+/** CKRs that are one object's attributes' (PKCS#11 v2.40 §5.2, C_GetAttributeValue), not the token's. */
+const OBJECT_OWN: ReadonlySet<unknown> = new Set([
+  pkcs11js.CKR_ATTRIBUTE_SENSITIVE,
+  pkcs11js.CKR_ATTRIBUTE_TYPE_INVALID,
+  pkcs11js.CKR_ATTRIBUTE_VALUE_INVALID,
+  pkcs11js.CKR_BUFFER_TOO_SMALL,
 ]);
 
-function tokenWide(err: unknown): boolean {
-  const cause = err instanceof TokenError ? err.cause : undefined;
-  return TOKEN_WIDE.has((cause as { code?: unknown } | undefined)?.code);
+function objectOwn(err: TokenError): boolean {
+  return OBJECT_OWN.has((err.cause as { code?: unknown } | undefined)?.code);
 }
 
 /** `'label' (CKA_ID hex)` of an object, as far as they can be read. */
