@@ -12,6 +12,7 @@
  * (config/proxy-defaults.ts) and parseAddressBlock are exported from here
  * too, so the proxy imports its configuration from one module.
  */
+import { isIPv6 } from 'node:net';
 import { z } from 'zod';
 import { acmeSectionSchema } from './proxy-acme-schema.js';
 import { etcdSectionSchema } from './proxy-etcd-schema.js';
@@ -265,14 +266,22 @@ export const proxyFileSchema = strict(
 
 export type ProxyFile = z.output<typeof proxyFileSchema>;
 
-/** Addresses any host's port is also bound on. */
-const WILDCARDS = new Set(['0.0.0.0', '::', '']);
+/**
+ * Whether binding `a` and `b` on one port clashes: the same host; `::` (or no host), which takes both families on
+ * Linux, with any; `0.0.0.0` with any but an IPv6 address (IPv4 on every address beside one IPv6 address binds).
+ */
+function hostsClash(a: string, b: string): boolean {
+  if (a === b) return true;
+  const all = (h: string): boolean => h === '::' || h === '';
+  if (all(a) || all(b)) return true;
+  return (a === '0.0.0.0' && !isIPv6(b)) || (b === '0.0.0.0' && !isIPv6(a));
+}
 
 /**
  * The listeners, the redirect port and the admin API that would bind one address (host and port, the defaults
  * applied; port 0 is any free one): each but the first, naming the first. Two listeners on 8443, or one on the admin's
  * 9465, loaded, and the start failed with EADDRINUSE as if another process held the port. Hosts are compared as
- * written, a wildcard (`0.0.0.0`, `::`) clashing with any host: names are not resolved here.
+ * written (hostsClash): names are not resolved here.
  */
 function addressClashes(cfg: Record<string, unknown>): { path: (string | number)[]; message: string }[] {
   const D = PROXY_DEFAULTS;
@@ -290,7 +299,7 @@ function addressClashes(cfg: Record<string, unknown>): { path: (string | number)
   if (cfg.admin !== null) add(['admin'], cfg.admin, D.admin.host, D.admin.port);
   const clashes: { path: (string | number)[]; message: string }[] = [];
   bound.forEach((b, i) => {
-    const first = bound.slice(0, i).find((a) => a.port === b.port && (a.host === b.host || WILDCARDS.has(a.host) || WILDCARDS.has(b.host)));
+    const first = bound.slice(0, i).find((a) => a.port === b.port && hostsClash(a.host, b.host));
     if (first === undefined) return;
     clashes.push({ path: b.path, message: `the same address as ${first.name} (${first.host} port ${first.port}): one port takes one listener` });
   });

@@ -74,9 +74,31 @@ describe('proxy config', () => {
     expect(message({ listen: [{ host: '0.0.0.0', port: 8443 }], httpRedirect: { port: 8443 } })).toContain(
       'httpRedirect: the same address as listen[0] (0.0.0.0 port 8443)',
     );
-    // Another host, another port, or port 0 (any free one) is no clash.
+    // `::` takes both families (Linux binds it dual-stack): it clashes with an IPv4 address as with any.
+    expect(
+      message({
+        listen: [
+          { host: '::', port: 8443 },
+          { host: '127.0.0.1', port: 8443 },
+        ],
+      }),
+    ).toContain('listen[1]: the same address as listen[0]');
+    // Another host, another port, or port 0 (any free one) is no clash; nor is IPv4 on every address beside an IPv6
+    // address (0.0.0.0 takes IPv4 only).
     for (const fine of [
       { listen: [{ port: 8443 }, { host: '127.0.0.2', port: 8443 }] },
+      {
+        listen: [
+          { host: '0.0.0.0', port: 8443 },
+          { host: '2001:db8::1', port: 8443 },
+        ],
+      },
+      {
+        listen: [
+          { host: '0.0.0.0', port: 8443 },
+          { host: '::1', port: 8443 },
+        ],
+      },
       { listen: [{ port: 0 }, { port: 0 }], admin: { port: 0 } },
       { listen: [{ port: 9465 }], admin: null },
     ]) {
