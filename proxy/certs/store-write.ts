@@ -39,8 +39,7 @@ import { checkEntryName, type EntryPaths, entryPaths } from './store-paths.js';
 /**
  * Creates or replaces entry `name` in `dir` (the caller validated it). Throws
  * KEYEDGE_ERR_CERT_LINKED when a file of it is a link, KEYEDGE_ERR_CERT_STORE
- * for bad metadata or a failed write (the metadata then put back as it was)
- * or, the entry written whole, a directory fsync that failed (syncDone),
+ * for bad metadata or a failed write (the metadata then put back as it was),
  * KEYEDGE_ERR_CERT_STORE_GONE when the directory is not there or is not
  * `dirId` (when given), before or after the write, StoreConflictError
  * (KEYEDGE_ERR_STORE_CONFLICT) when another writer of the entry holds its
@@ -121,22 +120,10 @@ function writeHeld(dir: string, at: string, before: string, name: string, chainT
   } finally {
     dropAsides(asides);
   }
-  syncDone(at);
-}
-
-/**
- * The store directory fsync'd once a write's renames (or a removal's unlinks)
- * are done. They stand whatever happens here: readers see them already, so a
- * failure undoes nothing (undoing the metadata alone left the new chain
- * without it, served for every SAN, or beside the old pinned key id, refused)
- * and is no failure of the write (as syncDirQuietly): only the change's
- * durability across a crash of the host is lost. Reported as a failure, a
- * change that stands was taken by its callers for one that did not happen:
- * ACME kept the previous names and key id in its state while the store served
- * the new chain, and retired the new key (orders.ts).
- */
-function syncDone(dir: string): void {
-  syncDirQuietly(dir);
+  // The directory synced once the renames are done: they stand whatever happens here (readers see them already), so a
+  // failure is none of the write's, only its durability across a crash of the host lost. Reported as one (EIO), a
+  // change that stood was taken for one not made: ACME kept the previous names and key id, and retired the new key.
+  syncDirQuietly(at);
 }
 
 /** The `.aside` links a write made, once nothing is to be put back from them (a link put back is gone already). */
@@ -174,7 +161,8 @@ function removeLocked(dir: string, name: string, paths: EntryPaths): void {
     if (errno(err) !== 'ENOENT')
       throw new CertificateStoreError('KEYEDGE_ERR_CERT_STORE', name, `cannot remove ${paths.metaPath}: ${errno(err)}`, { cause: err });
   }
-  syncDone(dir);
+  // As a write's (above): the unlinks stand.
+  syncDirQuietly(dir);
 }
 
 /** The entry's paths, once its name is checked and neither file is a link (store-links.ts). */
